@@ -1,0 +1,149 @@
+"""How a call finds a tile that fits: try the default, catch OutOfResources, step down, record.
+
+The dispatcher knows nothing about any kernel: a backend hands it a key, its own default tile and an
+``attempt(config)`` that compiles and launches. Only ``triton.runtime.errors.OutOfResources`` is
+caught; every other error reaches the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from triton.runtime.errors import OutOfResources
+
+from . import events
+from .cache import REFERENCE, Key, TilingCache, key_text
+from .config import TileConfig
+from .ladder import rungs
+from .policy import Policy
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One config tried: ``resource`` and the byte counts are set when it did not fit."""
+
+    config: TileConfig
+    resource: str | None = None
+    required: int | None = None
+    limit: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"config": self.config.as_dict()}
+        if self.resource is not None:
+            out.update(resource=self.resource, required=self.required, limit=self.limit)
+        return out
+
+
+class LadderExhaustedError(RuntimeError):
+    """Every config the policy allows was out of resources; ``attempts`` lists them with their bytes."""
+
+    def __init__(self, kernel: str, arch: str, shape: dict[str, Any], attempts: tuple[Attempt, ...]) -> None:
+        self.kernel, self.arch, self.shape, self.attempts = kernel, arch, shape, attempts
+        tried = "\n".join(
+            f"  {a.config.as_dict()}: {a.resource} required {a.required}, limit {a.limit}" for a in attempts
+        )
+        super().__init__(
+            f"{kernel} on {arch}, shape {shape}: no config fits after {len(attempts)} attempts "
+            f"(loosen the policy's ladder floors or max_attempts, or set on_exhausted: reference)\n{tried}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.kernel, self.arch, self.shape, self.attempts)
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the dispatcher needs to know about one kernel call."""
+
+    kernel: str
+    key: Key
+    arch: str
+    shape: dict[str, Any]
+    default: TileConfig  # the backend's own choice, before the policy's per-arch section
+    fields: dict[str, Any] = field(default_factory=dict)  # extra context for events
+
+
+def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
+    """The first config tried on ``arch`` and the fields the ladder may not move there."""
+    section = policy.for_arch(arch)
+    pinned = section.pin.values()
+    return default.replace(**{**section.default.values(), **pinned}), frozenset(pinned)
+
+
+_resolving = threading.Lock()
+
+
+def resolve(
+    call: Call,
+    attempt: Callable[[TileConfig], T],
+    policy: Policy,
+    cache: TilingCache,
+    reference: Callable[[], T] | None = None,
+) -> T:
+    """Run ``attempt`` on the starting config, then on each rung until one fits; record the winner.
+
+    One resolution at a time per process, so threads that miss on the same key do not compile the
+    same failing rungs twice (the second one finds the winner in the cache)."""
+    with _resolving:
+        winner = cache.lookup(call.key)
+        if winner == REFERENCE and reference is not None:
+            return reference()
+        if isinstance(winner, TileConfig):
+            return attempt(winner)
+        return _climb(call, attempt, policy, cache, reference)
+
+
+def _climb(
+    call: Call, attempt: Callable[[TileConfig], T], policy: Policy, cache: TilingCache, reference: Callable[[], T] | None
+) -> T:
+    config, pinned = starting_config(call.default, policy, call.arch)
+    tried: list[Attempt] = []
+    pending: list[TileConfig] = []
+    resource = None
+    context = {"arch": call.arch, "kernel": call.kernel, "shape": call.shape, **call.fields}
+    while True:
+        try:
+            result = attempt(config)
+        except OutOfResources as err:
+            tried.append(Attempt(config, err.name, err.required, err.limit))
+            if err.name != resource:  # a new kind of shortage: its own moves, from where we are
+                resource = err.name
+                pending = rungs(config, policy.ladder, policy.moves_for(err.name), pinned)
+            if not pending or len(tried) >= policy.ladder.max_attempts:
+                return _exhausted(call, tuple(tried), policy, cache, reference, context)
+            following = pending.pop(0)
+            events.downgrade(
+                **{"from": config.as_dict(), "to": following.as_dict()},
+                resource=err.name,
+                required=err.required,
+                limit=err.limit,
+                attempt=len(tried),
+                **context,
+            )
+            config = following
+            continue
+        tried.append(Attempt(config))
+        cache.record(call.key, config, [a.as_dict() for a in tried])
+        events.selected(config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **context)
+        return result
+
+
+def _exhausted(
+    call: Call,
+    tried: tuple[Attempt, ...],
+    policy: Policy,
+    cache: TilingCache,
+    reference: Callable[[], T] | None,
+    context: dict[str, Any],
+) -> T:
+    fallback = policy.on_exhausted == "reference" and reference is not None
+    events.exhausted(attempts=[a.as_dict() for a in tried], action="reference" if fallback else "raise", **context)
+    if not fallback:
+        raise LadderExhaustedError(call.kernel, call.arch, call.shape, tried)
+    cache.record(call.key, REFERENCE, [a.as_dict() for a in tried])
+    return reference()  # type: ignore[misc]

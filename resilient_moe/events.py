@@ -1,0 +1,107 @@
+"""Structured events of every tiling decision, emitted through structlog into stdlib logging.
+
+The library never configures structlog or logging globally: it owns a small processor pipeline and
+hands each rendered event to the stdlib logger ``resilient_moe``, so host servers (vLLM, SGLang use
+``logging``) route and filter our events with their own handlers and levels. The event dict rides
+along as ``record.resilient_moe`` for handlers that want fields, not text.
+
+Event names are stable identifiers; their fields are documented in docs/events.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from structlog.testing import LogCapture
+from structlog.typing import EventDict, WrappedLogger
+
+LOGGER_NAME = "resilient_moe"
+FORMAT_ENV = "RESILIENT_MOE_LOG_FORMAT"
+
+_json = structlog.processors.JSONRenderer(sort_keys=False)
+_logfmt = structlog.processors.LogfmtRenderer(key_order=["event"], bool_as_flag=False)
+
+
+def _render(_: WrappedLogger, __: str, event_dict: EventDict) -> tuple[tuple[str], dict[str, Any]]:
+    """Last step: text for stdlib's message (JSON when asked), the dict itself as ``extra``."""
+    fields = dict(event_dict)
+    fmt = os.environ.get(FORMAT_ENV, "logfmt").strip().lower()
+    text = _json(_, __, dict(event_dict)) if fmt == "json" else _logfmt(_, __, dict(event_dict))
+    return (text,), {"extra": {"resilient_moe": fields}}
+
+
+_pipeline: list[Any] = [structlog.stdlib.filter_by_level, structlog.stdlib.add_log_level, _render]
+_log = structlog.wrap_logger(
+    logging.getLogger(LOGGER_NAME), processors=_pipeline, wrapper_class=structlog.stdlib.BoundLogger
+)
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[list[EventDict]]:
+    """Collect emitted events as dicts (for tests), like ``structlog.testing.capture_logs``.
+
+    Every level is captured, whatever the stdlib logger's level. Not thread-safe."""
+    cap = LogCapture()
+    saved = _pipeline.copy()
+    _pipeline[:] = [cap]
+    try:
+        yield cap.entries
+    finally:
+        _pipeline[:] = saved
+
+
+def configure_console(level: int = logging.INFO) -> None:
+    """For the CLI and scripts: print our events on stderr, one per line (JSON with RESILIENT_MOE_LOG_FORMAT=json)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(getattr(h, "_resilient_moe", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._resilient_moe = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def downgrade(**fields: Any) -> None:
+    """A config did not fit; the next rung is tried. Fields: from, to, resource, required, limit, attempt, arch, kernel, shape."""
+    _log.warning("tiling.downgrade", **fields)
+
+
+def selected(**fields: Any) -> None:
+    """A config fitted and ran; it is now the cached winner for its key."""
+    _log.info("tiling.selected", **fields)
+
+
+def cache_hit(**fields: Any) -> None:
+    """A winner came from the persistent cache (once per key and process: the in-memory hit path stays silent)."""
+    _log.debug("tiling.cache_hit", **fields)
+
+
+def exhausted(**fields: Any) -> None:
+    """Every rung failed; the call raises, or falls back to the torch reference if the policy says so."""
+    _log.error("tiling.exhausted", **fields)
+
+
+def empty_input(**fields: Any) -> None:
+    """Nothing to compute (zero tokens, or none routed to a local expert): sentinels, no launch."""
+    _log.debug("moe.empty_input", **fields)
+
+
+def cache_corrupt(**fields: Any) -> None:
+    """The persistent cache file was unreadable or foreign; it was set aside and will be rebuilt."""
+    _log.warning("cache.corrupt", **fields)
+
+
+def cache_write_failed(**fields: Any) -> None:
+    """The winner could not be persisted (read-only or full disk); the in-process cache still holds it."""
+    _log.warning("cache.write_failed", **fields)
+
+
+def policy_invalid(**fields: Any) -> None:
+    """The policy named by RESILIENT_MOE_POLICY is broken; the shipped default is used instead."""
+    _log.error("policy.invalid", **fields)

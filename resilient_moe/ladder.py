@@ -1,0 +1,38 @@
+"""Rungs: the configs tried after the default tile does not fit. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import TileConfig
+from .policy import Ladder, Move
+
+
+def step(config: TileConfig, move: Move, ladder: Ladder) -> TileConfig | None:
+    """One move's next smaller config, or None when that field is at its floor."""
+    value = getattr(config, move)
+    if move == "num_stages":
+        smaller, floor = value - 1, ladder.min_num_stages
+    elif move == "num_warps":
+        smaller, floor = value // 2, ladder.min_num_warps
+    else:
+        smaller, floor = value // ladder.factor, getattr(ladder, f"min_{move}")
+    return config.replace(**{move: smaller}) if smaller >= floor else None
+
+
+def rungs(
+    start: TileConfig, ladder: Ladder, moves: Iterable[Move], pinned: Iterable[str] = ()
+) -> list[TileConfig]:
+    """The configs after ``start``: each move in turn shrinks its field to the floor, keeping what the
+    earlier moves did. Every rung is no larger than the one before in every field and smaller in one,
+    so none repeats; at most ``max_attempts - 1`` rungs (the start is the first attempt)."""
+    frozen = set(pinned)
+    out: list[TileConfig] = []
+    current = start
+    for move in moves:
+        if move in frozen:
+            continue
+        while len(out) < ladder.max_attempts - 1 and (smaller := step(current, move, ladder)) is not None:
+            current = smaller
+            out.append(current)
+    return out

@@ -1,0 +1,101 @@
+"""``moe_matmul``: the builtin MoE GEMM with gather/scatter, behind the resilient dispatcher.
+
+The hot path of a call whose shape class was seen before is: an emptiness check, a key tuple, one
+dict lookup, the launch. No compile, no file I/O, no host-device sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import triton
+from torch import Tensor
+
+from . import events, virtual
+from ._moe_details.launch import Mode, check_operands, default_config, prepare
+from .cache import REFERENCE, default_cache
+from .config import TileConfig
+from .dispatch import Call, resolve
+from .policy import Policy, active_policy
+from .reference import moe_matmul_reference
+from .routing import Routing
+from .targets import placement
+
+KERNEL = "resilient_moe.moe_matmul"
+_TRITON = f"triton-{triton.__version__}"
+
+
+def moe_matmul(
+    x: Tensor,
+    w: Tensor,
+    routing: Routing,
+    mode: Mode = "gather",
+    bias: Tensor | None = None,
+    *,
+    policy: Policy | None = None,
+) -> Tensor:
+    """MoE GEMM with outer gather (``mode="gather"``) or gamma-weighted scatter (``mode="scatter"``).
+
+    gather:  x [T, K] -> [n_rows, N], row r = x[gather_idx[r]] @ w[e] + bias[e], rows in expert order.
+    scatter: x [n_rows, K] (expert order) -> [T, N], y[t] = sum_j gammas[t, j] * (row @ w[e] + bias[e]).
+    Nothing to compute (zero tokens, or none routed to a local expert) returns zeros without a launch.
+    """
+    if routing.n_rows == 0:
+        return _empty(x, w, bias, routing, mode)
+    policy = active_policy(policy)
+    where = placement()
+    key = (
+        KERNEL, mode, where.arch, _TRITON, str(x.dtype), _bucket(routing.n_rows), w.shape[2], w.shape[1],
+        w.shape[0], routing.top_k, bias is not None, w.stride(2) == 1, _fingerprint(policy),
+    )
+    winner = default_cache().memory.get(key)
+    if isinstance(winner, TileConfig):
+        return prepare(x, w, bias, routing, mode, winner).run()
+
+    def attempt(config: TileConfig) -> Tensor:
+        launch = prepare(x, w, bias, routing, mode, config)
+        if where.virtual is not None:
+            virtual.fits(launch.kernel, launch.args, launch.constexprs, where.virtual.name)
+        return launch.run()
+
+    def reference() -> Tensor:
+        return moe_matmul_reference(x, w, routing, mode, bias)
+
+    if winner == REFERENCE:
+        return reference()
+    check_operands(x, w, bias, routing, mode)
+    n_experts, k, n = w.shape
+    call = Call(
+        kernel=f"{KERNEL}.{mode}",
+        key=key,
+        arch=where.arch,
+        shape={"rows": routing.n_rows, "n": n, "k": k, "experts": n_experts, "top_k": routing.top_k},
+        default=default_config(routing.n_rows, n, k, n_experts, x.dtype, where.arch),
+        fields={"dtype": str(x.dtype).removeprefix("torch.")},
+    )
+    return resolve(call, attempt, policy, default_cache(), reference)
+
+
+def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> Tensor:
+    """Sentinels for a call with no rows: gather gives [0, N], scatter gives zeros [T, N]."""
+    check_operands(x, w, bias, routing, mode)
+    rows = 0 if mode == "gather" else routing.n_tokens
+    events.empty_input(kernel=f"{KERNEL}.{mode}", tokens=routing.n_tokens, experts=routing.n_experts)
+    return torch.zeros((rows, w.shape[2]), dtype=x.dtype, device=x.device)
+
+
+def _bucket(rows: int) -> int:
+    """Shape class of a row count: the next power of two (winners are shared within a class)."""
+    return 1 << (rows - 1).bit_length()
+
+
+_fingerprints: dict[int, tuple[Policy, str]] = {}
+
+
+def _fingerprint(policy: Policy) -> str:
+    """A short hash of the policy's content, so a winner found under one policy is not used under another."""
+    held = _fingerprints.get(id(policy))
+    if held is None or held[0] is not policy:
+        held = _fingerprints[id(policy)] = (policy, hashlib.sha1(policy.model_dump_json().encode()).hexdigest()[:10])
+    return held[1]

@@ -1,0 +1,177 @@
+"""The fallback policy: which moves the ladder may make, how far, and what happens when it runs out.
+
+Precedence, written once: an explicit ``policy=`` argument > ``RESILIENT_MOE_POLICY`` (a YAML path) >
+the shipped ``policies/default.yaml``. A bad file fails at load with the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+POLICY_ENV = "RESILIENT_MOE_POLICY"
+
+Move = Literal["block_n", "block_m", "block_k", "num_stages", "num_warps"]
+Resource = Literal["shared memory", "threads", "tensor memory"]
+PowerOfTwo = Annotated[int, Field(gt=0)]
+
+
+def _power_of_two(name: str, value: int) -> int:
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, got {value}")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ladder(_Frozen):
+    """How rungs are generated from the default tile (see ``ladder.py``)."""
+
+    order: tuple[Move, ...] = ("block_n", "block_m", "num_stages")
+    min_block_n: PowerOfTwo = 16
+    min_block_m: PowerOfTwo = 16
+    min_block_k: PowerOfTwo = 16
+    min_num_stages: Annotated[int, Field(ge=1)] = 1
+    min_num_warps: Annotated[int, Field(ge=1)] = 1
+    factor: Annotated[int, Field(ge=2)] = 2
+    max_attempts: Annotated[int, Field(ge=1, le=64)] = 12
+
+    @field_validator("order")
+    @classmethod
+    def _no_repeats(cls, order: tuple[Move, ...]) -> tuple[Move, ...]:
+        if not order:
+            raise ValueError("order must name at least one move")
+        if len(set(order)) != len(order):
+            raise ValueError(f"order repeats a move: {list(order)}")
+        return order
+
+    @field_validator("min_block_n", "min_block_m", "min_block_k", "factor")
+    @classmethod
+    def _pow2(cls, value: int, info) -> int:
+        return _power_of_two(info.field_name, value)
+
+
+class TileFields(_Frozen):
+    """A partial tile: the fields it names override, the others stay as they were."""
+
+    block_m: PowerOfTwo | None = None
+    block_n: PowerOfTwo | None = None
+    block_k: PowerOfTwo | None = None
+    group_m: Annotated[int, Field(gt=0)] | None = None
+    num_warps: PowerOfTwo | None = None
+    num_stages: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("block_m", "block_n", "block_k", "num_warps")
+    @classmethod
+    def _pow2(cls, value: int | None, info) -> int | None:
+        return None if value is None else _power_of_two(info.field_name, value)
+
+    def values(self) -> dict[str, int]:
+        return self.model_dump(exclude_none=True)
+
+
+class ArchSection(_Frozen):
+    """Per-chip overrides: ``default`` replaces the heuristic's tile, ``pin`` holds fields on every rung."""
+
+    default: TileFields = TileFields()
+    pin: TileFields = TileFields()
+
+
+def _default_triggers() -> dict[Resource, tuple[Move, ...]]:
+    return {
+        "shared memory": ("block_n", "block_m", "block_k", "num_stages"),
+        "tensor memory": ("block_n", "block_m"),
+        "threads": ("num_warps",),
+    }
+
+
+class Policy(_Frozen):
+    """What the dispatcher does when a tile does not fit."""
+
+    version: Literal[1] = 1
+    ladder: Ladder = Ladder()
+    on_exhausted: Literal["raise", "reference"] = "raise"
+    triggers: dict[Resource, tuple[Move, ...]] = Field(default_factory=_default_triggers)
+    arch: dict[str, ArchSection] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _arch_names_known(self) -> Policy:
+        from .targets import CHIPS
+
+        unknown = [name for name in self.arch if name not in CHIPS and name != "interpreter"]
+        if unknown:
+            raise ValueError(f"arch: unknown chip {unknown[0]!r}; known: {', '.join(CHIPS)}")
+        return self
+
+    def for_arch(self, arch: str) -> ArchSection:
+        return self.arch.get(arch, ArchSection())
+
+    def moves_for(self, resource: str) -> tuple[Move, ...]:
+        """The ladder's moves allowed for this resource, in the ladder's order."""
+        allowed = self.triggers.get(resource, self.triggers["shared memory"])  # type: ignore[index]
+        return tuple(move for move in self.ladder.order if move in allowed) or tuple(allowed)
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file, the field and the value."""
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read and validate a policy YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise PolicyError(f"{path}: cannot read policy: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{path}: not valid YAML: {err}") from err
+    return parse_policy(data, source=str(path))
+
+
+def parse_policy(data: object, source: str = "<policy>") -> Policy:
+    """Validate already-parsed policy data; errors name ``source``, each field path and its value."""
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy is a mapping with at least 'version: 1', got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '<root>'} = {e.get('input')!r}: {e['msg']}"
+            for e in err.errors()
+        ]
+        raise PolicyError(f"{source}: invalid policy\n" + "\n".join(lines)) from None
+
+
+def default_policy_path() -> Path:
+    return Path(str(importlib.resources.files("resilient_moe.policies") / "default.yaml"))
+
+
+@functools.cache
+def _policy_from(path: str) -> Policy:
+    """Read once per process. A broken file named by the environment must not take a server down
+    mid-flight: it is reported at error level and the shipped default is used instead."""
+    try:
+        return load_policy(path)
+    except PolicyError as err:
+        fallback = default_policy_path()
+        if Path(path) == fallback:
+            raise
+        from . import events
+
+        events.policy_invalid(path=path, error=str(err), using=str(fallback))
+        return load_policy(fallback)
+
+
+def active_policy(policy: Policy | None = None) -> Policy:
+    """The policy for a call, by the precedence above."""
+    if policy is not None:
+        return policy
+    return _policy_from(os.environ.get(POLICY_ENV) or str(default_policy_path()))

@@ -1,0 +1,96 @@
+"""Chips a tile must fit: their Triton target and how much shared memory (LDS on AMD) one block may use.
+
+The limits are what Triton compares ``metadata.shared`` against before a launch
+(``CompiledKernel._init_handles``): the per-block opt-in maximum, not the per-SM total.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+TARGET_ENV = "RESILIENT_MOE_TARGET"
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One compile target with its shared-memory limit and where that number comes from."""
+
+    name: str
+    backend: Literal["cuda", "hip"]
+    arch: int | str
+    warp_size: int
+    max_shared_mem: int
+    examples: str
+    source: str
+
+    def gpu_target(self):  # -> triton.backends.compiler.GPUTarget (imported lazily: triton is heavy)
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget(self.backend, self.arch, self.warp_size)
+
+
+_GUIDE = "CUDA C++ Programming Guide, technical specifications per compute capability (max shared memory per block, opt-in)"
+
+CHIPS: dict[str, Chip] = {
+    c.name: c
+    for c in (
+        Chip("sm_80", "cuda", 80, 32, 166912, "A100", _GUIDE),
+        Chip("sm_86", "cuda", 86, 32, 101376, "RTX 30xx, A10, A40", _GUIDE),
+        Chip("sm_89", "cuda", 89, 32, 101376, "RTX 40xx, L4, L40S", _GUIDE),
+        Chip("sm_90", "cuda", 90, 32, 232448, "H100, H200", "driver-reported on an H100 (FACTS.md, 2026-11-22); same in " + _GUIDE),
+        Chip("sm_100", "cuda", 100, 32, 232448, "B200, GB200", _GUIDE),
+        Chip("sm_120", "cuda", 120, 32, 101376, "RTX 50xx, RTX PRO 6000", _GUIDE),
+        Chip("gfx90a", "hip", "gfx90a", 64, 65536, "MI210, MI250X", "AMD CDNA2 ISA guide: 64 KiB LDS per CU"),
+        Chip("gfx942", "hip", "gfx942", 64, 65536, "MI300X, MI325X", "AMD CDNA3 ISA guide: 64 KiB LDS per CU"),
+        Chip("gfx950", "hip", "gfx950", 64, 163840, "MI350X, MI355X", "AMD CDNA4 ISA guide: 160 KiB LDS per CU; Triton's limit on MI355X in ROCm/ATOM#710"),
+    )
+}
+
+
+def chip(name: str) -> Chip:
+    """Look a chip up by its usual spellings: ``sm_90``, ``sm90``, ``90``, ``cuda:90``, ``gfx950``, ``hip:gfx950``."""
+    key = name.strip().lower()
+    key = key.split(":", 1)[1] if key.startswith(("cuda:", "hip:")) else key
+    if key.isdigit():
+        key = f"sm_{key}"
+    elif key.startswith("sm") and not key.startswith("sm_"):
+        key = "sm_" + key[2:]
+    if key not in CHIPS:
+        raise ValueError(f"{TARGET_ENV} / arch: unknown chip {name!r}; known: {', '.join(CHIPS)}")
+    return CHIPS[key]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where kernels run and which chip decides what fits.
+
+    ``virtual`` is the chip from RESILIENT_MOE_TARGET: every candidate is compiled for it first and
+    rejected with a real ``OutOfResources`` when it does not fit, whatever runs the kernel afterwards.
+    """
+
+    arch: str
+    virtual: Chip | None
+    interpreter: bool
+
+
+@functools.cache
+def placement() -> Placement:
+    """The process's placement, read once: env var first, then the active GPU, else the interpreter."""
+    interpreter = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    wanted = os.environ.get(TARGET_ENV, "").strip()
+    virtual = chip(wanted) if wanted else None
+    if virtual is not None:
+        return Placement(virtual.name, virtual, interpreter)
+    if interpreter:
+        return Placement("interpreter", None, True)
+    return Placement(_active_arch(), None, False)
+
+
+def _active_arch() -> str:
+    from triton.runtime.driver import driver
+
+    target = driver.active.get_current_target()
+    return f"sm_{target.arch}" if target.backend == "cuda" else str(target.arch).split(":")[0]

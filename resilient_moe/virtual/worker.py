@@ -1,0 +1,158 @@
+"""Compile launches for a virtual chip in a separate process, and say how much shared memory they need.
+
+A process that interprets Triton (TRITON_INTERPRET=1, how kernels run on a CPU) cannot also compile,
+so compiles go to long-lived worker processes started without that variable. A worker speaks pickle
+over its stdin/stdout; anything the compiler prints goes to stderr. Requests carry only what the JIT
+specializes on: dtypes and 16-byte alignment of pointers, the integer values, the constexprs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import torch
+
+
+@dataclass(frozen=True)
+class PointerArg:
+    """What the JIT sees of a tensor argument: its dtype, and whether its address is 16-byte aligned."""
+
+    dtype: str
+    aligned: bool
+
+    @staticmethod
+    def of(tensor: torch.Tensor) -> PointerArg:
+        return PointerArg(str(tensor.dtype).removeprefix("torch."), tensor.data_ptr() % 16 == 0)
+
+
+class _Pointer:
+    """Duck-typed tensor for the JIT's specializer: ``data_ptr`` and ``dtype`` are all it reads."""
+
+    def __init__(self, arg: PointerArg) -> None:
+        self.dtype = getattr(torch, arg.dtype)
+        self._ptr = 0 if arg.aligned else 8
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    kernel: str  # "module:attribute" of a @triton.jit function
+    args: tuple[Any, ...]  # PointerArg for tensors, ints, floats, None
+    constexprs: tuple[tuple[str, Any], ...]  # constexpr values and launch options (num_warps, num_stages)
+    chip: str
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """The answer: bytes of shared memory the kernel needs, and the error the chip would raise (if any)."""
+
+    shared: int
+    limit: int
+    error: BaseException | None
+
+
+def job_for(kernel: Any, args: tuple[Any, ...], constexprs: dict[str, Any], chip: str) -> CompileJob:
+    """Describe a launch so another process can compile it exactly as the JIT here would."""
+    fn = kernel.fn
+    described = tuple(PointerArg.of(a) if isinstance(a, torch.Tensor) else a for a in args)
+    return CompileJob(f"{fn.__module__}:{fn.__name__}", described, tuple(sorted(constexprs.items())), chip)
+
+
+def compile_here(job: CompileJob) -> Compiled:
+    """Compile in this process (which must not be interpreting) under a virtual driver for the job's chip."""
+    from triton.runtime.errors import OutOfResources
+
+    from ..targets import chip as lookup
+    from .driver import virtual_target
+
+    module, name = job.kernel.split(":")
+    kernel = getattr(importlib.import_module(module), name)
+    target = lookup(job.chip)
+    args = tuple(_Pointer(a) if isinstance(a, PointerArg) else a for a in job.args)
+    with virtual_target(target):
+        compiled = kernel.warmup(*args, grid=(1,), **dict(job.constexprs))
+        try:
+            compiled._init_handles()  # Triton's own resource checks, against the chip's limits
+            error = None
+        except OutOfResources as err:
+            error = err
+    return Compiled(compiled.metadata.shared, target.max_shared_mem, error)
+
+
+def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    while True:
+        try:
+            job = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            reply: Any = compile_here(job)
+        except Exception as err:  # sent back and re-raised in the caller: nothing is swallowed
+            reply = err if _picklable(err) else RuntimeError(f"{type(err).__name__}: {err}")
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+def _picklable(err: BaseException) -> bool:
+    try:
+        pickle.dumps(err)
+        return True
+    except Exception:
+        return False
+
+
+class Worker:
+    """One compile process, started on first use; safe to share between threads (one job at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        return subprocess.Popen(
+            [sys.executable, "-m", "resilient_moe.virtual"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def compile(self, job: CompileJob) -> Compiled:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            try:
+                pickle.dump(job, self._proc.stdin)
+                self._proc.stdin.flush()
+                reply = pickle.load(self._proc.stdout)
+            except (EOFError, BrokenPipeError) as err:
+                self._proc = None
+                raise RuntimeError(f"resilient_moe compile worker died while compiling {job.kernel} for {job.chip}") from err
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.stdin.close()  # type: ignore[union-attr]
+                self._proc.wait(timeout=30)
+            self._proc = None
+
+
+def main() -> None:
+    protocol = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # the compiler's prints must not corrupt the protocol on stdout
+    sys.stdout = sys.stderr
+    _serve(sys.stdin.buffer, protocol)
