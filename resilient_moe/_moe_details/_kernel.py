@@ -1,0 +1,127 @@
+"""Triton kernel of the grouped MoE GEMM: one (BLOCK_M x BLOCK_N) output tile of one expert per program.
+
+The grid is a static upper bound on the number of tiles, so the host never reads routing data:
+each program derives its (expert, m-tile) from the expert offsets and leaves if it has no tile.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _moe_matmul_kernel(
+    X,
+    W,
+    Bias,
+    Y,
+    ExpertOffsets,
+    GatherIdx,
+    ScatterIdx,
+    Gammas,
+    n_experts,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_we,
+    stride_wk,
+    stride_wn,
+    stride_be,
+    stride_bn,
+    stride_ym,
+    stride_yn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EXPERTS_POW2: tl.constexpr,
+    SCATTER: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
+):
+    """Gather: Y[r] = X[GatherIdx[r]] @ W[e] + Bias[e], Y in expert order.
+    Scatter: Y[s] = Gammas[s] * (X[r] @ W[e] + Bias[e]) with s = ScatterIdx[r], Y in slot order.
+    IEEE_FP32 keeps fp32 products exact; otherwise fp32 uses the backend default (tf32 on NVIDIA).
+    """
+    pid = tl.program_id(0)
+
+    experts = tl.arange(0, EXPERTS_POW2)
+    in_range = experts < n_experts
+    row_lo = tl.load(ExpertOffsets + experts, mask=in_range, other=0)
+    row_hi = tl.load(ExpertOffsets + experts + 1, mask=in_range, other=0)
+    m_tiles = (row_hi - row_lo + BLOCK_M - 1) // BLOCK_M
+    m_tiles_end = tl.cumsum(m_tiles, axis=0)
+    num_pid_m = tl.sum(m_tiles, axis=0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    if pid >= num_pid_m * num_pid_n:
+        return
+
+    # Swizzle so GROUP_M m-tiles (sharing W columns) sweep all n-tiles (sharing X rows) together.
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    expert = tl.sum((m_tiles_end <= pid_m).to(tl.int32), axis=0)
+    is_expert = experts == expert
+    first_tile = tl.sum(tl.where(is_expert, m_tiles_end - m_tiles, 0), axis=0)
+    row_start = tl.sum(tl.where(is_expert, row_lo, 0), axis=0) + (pid_m - first_tile) * BLOCK_M
+    row_end = tl.sum(tl.where(is_expert, row_hi, 0), axis=0)
+
+    rows = row_start + tl.arange(0, BLOCK_M)
+    row_mask = rows < row_end
+    # Rows past the expert's end read a valid row (their results are never stored), so no M mask in the loop.
+    if SCATTER:
+        x_rows = tl.where(row_mask, rows, row_start)
+    else:
+        x_rows = tl.load(GatherIdx + rows, mask=row_mask, other=0)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
+    n_mask = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+
+    x_ptrs = X + x_rows.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = (
+        W
+        + expert.to(tl.int64) * stride_we
+        + offs_k[:, None] * stride_wk
+        + offs_n[None, :] * stride_wn
+    )
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            if EVEN_N:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
+            x = tl.load(x_ptrs)
+        else:
+            k_mask = offs_k < K - k * BLOCK_K
+            if EVEN_N:
+                w = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+            else:
+                w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            x = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+        if IEEE_FP32:
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w, acc)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    if HAS_BIAS:
+        bias = tl.load(Bias + expert.to(tl.int64) * stride_be + offs_n * stride_bn, mask=n_mask, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    if SCATTER:
+        y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
+        gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
+        acc *= gamma[:, None]
+    else:
+        y_rows = rows
+    y_ptrs = Y + y_rows.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])

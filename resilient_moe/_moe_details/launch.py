@@ -1,0 +1,174 @@
+"""Host side of the MoE GEMM kernel: validation, output allocation, grid and arguments.
+
+Everything here reads shapes, dtypes and host ints only (no sync, no data-dependent op), so a
+launch can be prepared from meta tensors to compile for a chip that is not present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import triton
+from torch import Tensor
+
+from ..config import TileConfig
+from ..routing import Routing
+from ._kernel import _moe_matmul_kernel
+
+Mode = Literal["gather", "scatter"]
+MODES: tuple[Mode, ...] = ("gather", "scatter")
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+_LARGE_SMEM_NVIDIA: frozenset[str] = frozenset({"sm_90", "sm_90a", "sm_100", "sm_100a"})
+"""NVIDIA archs with about 228 KiB of shared memory per block; others get smaller first guesses."""
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One ready launch: `kernel[grid](*args, **constexprs)`, then `finish()` gives the result.
+
+    Kept apart from running so a dispatcher can compile (`kernel.warmup`) or retry with other
+    constexprs while reusing the same arguments and output.
+    """
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    constexprs: dict[str, int | bool]
+    out: Tensor
+    finish: Callable[[], Tensor]
+
+    def run(self) -> Tensor:
+        if self.grid[0] > 0:
+            self.kernel[self.grid](*self.args, **self.constexprs)
+        return self.finish()
+
+
+def check_operands(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: str) -> None:
+    """Raise ValueError naming the first argument whose shape, dtype or device does not fit."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [rows, K], got shape {tuple(x.shape)}")
+    if w.dim() != 3:
+        raise ValueError(f"w must be 3-D [E, K, N], got shape {tuple(w.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x.dtype ({x.dtype}) must be one of {SUPPORTED_DTYPES}")
+    if w.dtype != x.dtype:
+        raise ValueError(f"w.dtype ({w.dtype}) must equal x.dtype ({x.dtype})")
+    n_experts, k, n = w.shape
+    if n_experts != routing.n_experts:
+        raise ValueError(f"w.shape[0] (E={n_experts}) must equal routing.n_experts ({routing.n_experts})")
+    if k != x.shape[1]:
+        raise ValueError(f"w.shape[1] (K={k}) must equal x.shape[1] (K={x.shape[1]})")
+    if mode == "gather" and x.shape[0] != routing.n_tokens:
+        raise ValueError(
+            f"x.shape[0] ({x.shape[0]}) must equal routing.n_tokens ({routing.n_tokens}) in gather mode"
+        )
+    if mode == "scatter" and x.shape[0] != routing.n_rows:
+        raise ValueError(
+            f"x.shape[0] ({x.shape[0]}) must equal routing.n_rows ({routing.n_rows}) in scatter mode"
+        )
+    if bias is not None:
+        if tuple(bias.shape) != (n_experts, n):
+            raise ValueError(f"bias.shape {tuple(bias.shape)} must be (E, N) = {(n_experts, n)}")
+        if bias.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"bias.dtype ({bias.dtype}) must be one of {SUPPORTED_DTYPES}")
+    named = {"w": w, "bias": bias, "routing.expert_offsets": routing.expert_offsets}
+    for name, tensor in named.items():
+        if tensor is not None and tensor.device != x.device:
+            raise ValueError(f"{name}.device ({tensor.device}) must equal x.device ({x.device})")
+
+
+def prepare(
+    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, config: TileConfig
+) -> KernelLaunch:
+    """Validate, allocate the output and build the launch; shape-only, so meta tensors work.
+
+    gather: x [T, K] -> out [n_rows, N] in expert order.
+    scatter: x [n_rows, K] in expert order -> out [T, N], the gamma-weighted sum over each token's slots.
+    fp32 follows torch.get_float32_matmul_precision(): "highest" (torch's default) means no tf32.
+    """
+    check_operands(x, w, bias, routing, mode)
+    n_experts, k, n = w.shape
+    scatter = mode == "scatter"
+    slots = routing.n_tokens * routing.top_k
+    if scatter:
+        alloc = torch.zeros if routing.n_rows < slots else torch.empty
+        out = alloc((slots, n), dtype=x.dtype, device=x.device)
+        n_tokens, top_k = routing.n_tokens, routing.top_k
+
+        def finish() -> Tensor:
+            return out.view(n_tokens, top_k, n).sum(dim=1)
+
+    else:
+        out = torch.empty((routing.n_rows, n), dtype=x.dtype, device=x.device)
+
+        def finish() -> Tensor:
+            return out
+
+    max_m_tiles = min(triton.cdiv(routing.n_rows, config.block_m) + n_experts, routing.n_rows)
+    grid = (max_m_tiles * triton.cdiv(n, config.block_n),)
+    args = (
+        x,
+        w,
+        bias,
+        out,
+        routing.expert_offsets,
+        None if scatter else routing.gather_idx,
+        routing.scatter_idx if scatter else None,
+        routing.gammas.view(-1) if scatter else None,
+        n_experts,
+        n,
+        k,
+        x.stride(0),
+        x.stride(1),
+        w.stride(0),
+        w.stride(1),
+        w.stride(2),
+        0 if bias is None else bias.stride(0),
+        0 if bias is None else bias.stride(1),
+        out.stride(0),
+        out.stride(1),
+    )
+    constexprs: dict[str, int | bool] = {
+        "BLOCK_M": config.block_m,
+        "BLOCK_N": config.block_n,
+        "BLOCK_K": config.block_k,
+        "GROUP_M": config.group_m,
+        "EXPERTS_POW2": triton.next_power_of_2(n_experts),
+        "SCATTER": scatter,
+        "HAS_BIAS": bias is not None,
+        "EVEN_K": k % config.block_k == 0,
+        "EVEN_N": n % config.block_n == 0,
+        "IEEE_FP32": x.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest",
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+    }
+    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, out, finish)
+
+
+def default_config(
+    n_rows: int, n: int, k: int, n_experts: int, dtype: torch.dtype, arch: str | None
+) -> TileConfig:
+    """First guess for Hopper-class GPUs; the dispatcher downgrades it if it does not fit.
+
+    block_m follows the mean rows per expert so small batches do not pad tiles with idle rows.
+    128x256x64 at 4 stages (192 KiB of shared memory) was the fastest bf16 prefill tile on an H200.
+    """
+    rows_per_expert = triton.cdiv(n_rows, max(n_experts, 1))
+    block_m = min(128, max(16, triton.next_power_of_2(rows_per_expert)))
+    block_n = 256 if block_m == 128 and n >= 2048 else 128
+    block_n = min(block_n, max(16, triton.next_power_of_2(n)))
+    block_k = 32 if dtype == torch.float32 else 64
+    block_k = min(block_k, max(16, triton.next_power_of_2(k)))
+    num_stages = 4
+    if arch is not None and arch.startswith("gfx"):
+        num_stages = 2
+    elif arch is not None and arch not in _LARGE_SMEM_NVIDIA:
+        block_n = min(block_n, 128)
+        num_stages = 3
+    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    return TileConfig(block_m, block_n, block_k, group_m=8, num_warps=num_warps, num_stages=num_stages)
