@@ -49,9 +49,11 @@ def moe_matmul(
         KERNEL, mode, where.arch, _TRITON, str(x.dtype), _bucket(routing.n_rows), w.shape[2], w.shape[1],
         w.shape[0], routing.top_k, bias is not None, w.stride(2) == 1, _fingerprint(policy),
     )
-    winner = default_cache().memory.get(key)
+    winner = default_cache().lookup(key)
     if isinstance(winner, TileConfig):
         return prepare(x, w, bias, routing, mode, winner).run()
+    if winner == REFERENCE:
+        return moe_matmul_reference(x, w, routing, mode, bias)
 
     def attempt(config: TileConfig) -> Tensor:
         launch = prepare(x, w, bias, routing, mode, config)
@@ -59,11 +61,6 @@ def moe_matmul(
             virtual.fits(launch.kernel, launch.args, launch.constexprs, where.virtual.name)
         return launch.run()
 
-    def reference() -> Tensor:
-        return moe_matmul_reference(x, w, routing, mode, bias)
-
-    if winner == REFERENCE:
-        return reference()
     check_operands(x, w, bias, routing, mode)
     n_experts, k, n = w.shape
     call = Call(
@@ -74,7 +71,7 @@ def moe_matmul(
         default=default_config(routing.n_rows, n, k, n_experts, x.dtype, where.arch),
         fields={"dtype": str(x.dtype).removeprefix("torch.")},
     )
-    return resolve(call, attempt, policy, default_cache(), reference)
+    return resolve(call, attempt, policy, default_cache(), lambda: moe_matmul_reference(x, w, routing, mode, bias))
 
 
 def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> Tensor:

@@ -1,0 +1,153 @@
+"""The dispatcher with real compiles for virtual chips: downgrade, exhaustion, errors, cache hits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from triton.compiler.errors import CompilationError
+
+import resilient_moe as rm
+from resilient_moe import events, virtual
+from resilient_moe.dispatch import starting_config
+from resilient_moe.ladder import rungs
+from resilient_moe.moe_matmul import moe_matmul
+from resilient_moe.policy import parse_policy
+
+T, E, K, N, TOP_K = 16, 4, 128, 256, 2
+OVER_GFX950 = {"block_m": 128, "block_n": 256, "block_k": 128, "num_stages": 3}  # 196608 B of LDS > 163840
+
+
+def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, rm.Routing]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, K, generator=g, dtype=torch.float16)
+    w = (torch.randn(E, K, N, generator=g) / 8).to(torch.float16)
+    return x, w, rm.route(torch.randn(T, E, generator=g), TOP_K)
+
+
+def policy_with(arch: str, default: dict, **extra) -> rm.Policy:
+    return parse_policy({"version": 1, "arch": {arch: {"default": default}}, **extra})
+
+
+@pytest.fixture
+def fits_calls(monkeypatch) -> list[str]:
+    """Records every fit check (a compile for the virtual chip) the dispatcher asks for."""
+    calls: list[str] = []
+    real = virtual.fits
+
+    def counting(kernel, args, constexprs, chip):
+        calls.append(chip)
+        return real(kernel, args, constexprs, chip)
+
+    monkeypatch.setattr(virtual, "fits", counting)
+    return calls
+
+
+def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, fits_calls) -> None:
+    target("gfx950")
+    x, w, routing = problem()
+    policy = policy_with("gfx950", OVER_GFX950)
+    with events.capture() as logs:
+        out = moe_matmul(x, w, routing, "gather", policy=policy)
+    torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
+
+    downgrades = [e for e in logs if e["event"] == "tiling.downgrade"]
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    assert downgrades and all(d["required"] > d["limit"] == 163840 for d in downgrades)
+    assert downgrades[0]["from"]["block_n"] == 256 and downgrades[0]["resource"] == "shared memory"
+    # Independently: the first rung, in the policy's order, whose compile for gfx950 fits.
+    start, pinned = starting_config(rm.TileConfig(**selected["config"]) , policy, "gfx950")
+    default = rm.TileConfig(**downgrades[0]["from"])
+    ladder = rungs(default, policy.ladder, policy.moves_for("shared memory"))
+    launches = [rm.moe_matmul.__globals__["prepare"](x, w, None, routing, "gather", c) for c in ladder]
+    first_fit = next(c for c, l in zip(ladder, launches) if virtual.measure(
+        virtual.job_for(l.kernel, l.args, l.constexprs, "gfx950")).error is None)
+    assert selected["config"] == first_fit.as_dict()
+    assert len(fits_calls) == len(downgrades) + 1
+
+
+def test_every_rung_out_of_resources_raises_ladder_exhausted(target) -> None:
+    target("gfx942")  # 64 KiB of LDS
+    x, w, routing = problem()
+    policy = policy_with("gfx942", OVER_GFX950, ladder={"order": ["block_n"], "min_block_n": 128})
+    with events.capture() as logs, pytest.raises(rm.LadderExhaustedError) as err:
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    attempts = err.value.attempts
+    assert [a.config.block_n for a in attempts] == [256, 128]
+    assert all(a.resource == "shared memory" and a.required > a.limit == 65536 for a in attempts)
+    assert "131072" in str(err.value) and "65536" in str(err.value)
+    assert [e["event"] for e in logs][-1] == "tiling.exhausted"
+
+
+def test_exhausted_with_reference_policy_falls_back_and_remembers(target, fits_calls) -> None:
+    target("gfx942")
+    x, w, routing = problem()
+    policy = policy_with("gfx942", OVER_GFX950, ladder={"order": ["block_n"], "min_block_n": 128}, on_exhausted="reference")
+    expected = rm.moe_matmul_reference(x, w, routing, "gather")
+    with events.capture() as logs:
+        torch.testing.assert_close(moe_matmul(x, w, routing, "gather", policy=policy), expected)
+    assert any(e["event"] == "tiling.exhausted" and e["log_level"] == "error" for e in logs)
+    compiled = len(fits_calls)
+    torch.testing.assert_close(moe_matmul(x, w, routing, "gather", policy=policy), expected)
+    assert len(fits_calls) == compiled
+
+
+def test_non_oom_compile_error_propagates_unchanged(target) -> None:
+    target("sm_90")
+    x, w, routing = problem()
+    policy = policy_with("sm_90", {"block_k": 8})  # tl.dot needs K >= 16: a CompilationError, not an OOM
+    with events.capture() as logs, pytest.raises(CompilationError):
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    assert not [e for e in logs if e["event"] == "tiling.downgrade"]
+
+
+def test_bad_shapes_raise_value_error_naming_the_argument(target) -> None:
+    target("gfx950")
+    x, w, routing = problem()
+    with pytest.raises(ValueError, match=r"w.shape\[1\] \(K=64\) must equal x.shape\[1\] \(K=128\)"):
+        moe_matmul(x, w[:, :64], routing)
+
+
+def test_second_identical_call_hits_the_cache_and_compiles_nothing(target, fits_calls) -> None:
+    target("gfx950")
+    x, w, routing = problem()
+    policy = policy_with("gfx950", OVER_GFX950)
+    first = moe_matmul(x, w, routing, "gather", policy=policy)
+    compiled = len(fits_calls)
+    assert compiled >= 2
+    with events.capture() as logs:
+        second = moe_matmul(x, w, routing, "gather", policy=policy)
+    assert len(fits_calls) == compiled and logs == []
+    torch.testing.assert_close(first, second)
+
+
+def test_fresh_process_reads_the_persisted_winner(target, cache_dir) -> None:
+    target("gfx950")
+    x, w, routing = problem()
+    policy_file = cache_dir.parent / "policy.yaml"
+    policy_file.write_text(json.dumps({"version": 1, "arch": {"gfx950": {"default": OVER_GFX950}}}))
+    moe_matmul(x, w, routing, "gather", policy=rm.load_policy(policy_file))
+    script = textwrap.dedent(f"""
+        import resilient_moe as rm, torch
+        from resilient_moe import events, virtual
+        calls = []
+        real = virtual.fits
+        virtual.fits = lambda *a: calls.append(a) or real(*a)
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn({T}, {K}, generator=g, dtype=torch.float16)
+        w = (torch.randn({E}, {K}, {N}, generator=g) / 8).to(torch.float16)
+        routing = rm.route(torch.randn({T}, {E}, generator=g), {TOP_K})
+        with events.capture() as logs:
+            rm.moe_matmul(x, w, routing, "gather", policy=rm.load_policy({str(policy_file)!r}))
+        print([e["event"] for e in logs], len(calls))
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "RESILIENT_MOE_TARGET": "gfx950", "RESILIENT_MOE_CACHE_DIR": str(cache_dir)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "['tiling.cache_hit'] 0"

@@ -1,0 +1,90 @@
+"""Rung generation: order, floors, monotone shrinking, no repeats (property-tested)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resilient_moe.config import TileConfig
+from resilient_moe.ladder import rungs, step
+from resilient_moe.policy import Ladder
+
+MOVES = ("block_n", "block_m", "block_k", "num_stages", "num_warps")
+pow2 = st.sampled_from([16, 32, 64, 128, 256, 512])
+
+configs = st.builds(
+    TileConfig,
+    block_m=pow2,
+    block_n=pow2,
+    block_k=pow2,
+    group_m=st.integers(1, 16),
+    num_warps=st.sampled_from([1, 2, 4, 8, 16]),
+    num_stages=st.integers(1, 8),
+)
+ladders = st.builds(
+    Ladder,
+    order=st.permutations(MOVES).flatmap(lambda p: st.integers(1, len(p)).map(lambda n: tuple(p[:n]))),
+    min_block_n=st.sampled_from([16, 32, 64]),
+    min_block_m=st.sampled_from([16, 32, 64]),
+    min_block_k=st.sampled_from([16, 32]),
+    min_num_stages=st.integers(1, 3),
+    min_num_warps=st.sampled_from([1, 2, 4]),
+    factor=st.sampled_from([2, 4]),
+    max_attempts=st.integers(1, 64),
+)
+
+
+def changed(before: TileConfig, after: TileConfig) -> set[str]:
+    return {f.name for f in dataclasses.fields(TileConfig) if getattr(before, f.name) != getattr(after, f.name)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(configs, ladders)
+def test_rungs_shrink_one_field_at_a_time_in_policy_order(start: TileConfig, ladder: Ladder) -> None:
+    out = rungs(start, ladder, ladder.order)
+    previous, position = start, 0
+    for rung in out:
+        (field,) = changed(previous, rung)  # exactly one field moves per rung
+        assert getattr(rung, field) < getattr(previous, field)
+        position_of = ladder.order.index(field)
+        assert position_of >= position, "a later move never comes back to an earlier one"
+        position = position_of
+        previous = rung
+    assert len(out) == len(set(out)) and start not in out
+    assert len(out) <= ladder.max_attempts - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(configs, ladders)
+def test_rungs_respect_floors_and_pins(start: TileConfig, ladder: Ladder) -> None:
+    pinned = {ladder.order[0]}
+    for rung in rungs(start, ladder, ladder.order, pinned):
+        assert getattr(rung, ladder.order[0]) == getattr(start, ladder.order[0])
+        for move in ("block_n", "block_m", "block_k"):
+            if getattr(rung, move) != getattr(start, move):
+                assert getattr(rung, move) >= getattr(ladder, f"min_{move}")
+        if rung.num_stages != start.num_stages:
+            assert rung.num_stages >= ladder.min_num_stages
+        if rung.num_warps != start.num_warps:
+            assert rung.num_warps >= ladder.min_num_warps
+
+
+@settings(max_examples=200, deadline=None)
+@given(configs, ladders)
+def test_each_move_runs_to_its_floor_when_attempts_allow(start: TileConfig, ladder: Ladder) -> None:
+    roomy = ladder.model_copy(update={"max_attempts": 64})
+    out = rungs(start, roomy, roomy.order)
+    last = out[-1] if out else start
+    for move in roomy.order:
+        assert step(last, move, roomy) is None
+
+
+def test_default_order_is_block_n_then_block_m_then_num_stages() -> None:
+    start = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3)
+    out = rungs(start, Ladder(), Ladder().order)
+    assert [(r.block_m, r.block_n, r.num_stages) for r in out] == [
+        (128, 128, 3), (128, 64, 3), (128, 32, 3), (128, 16, 3),
+        (64, 16, 3), (32, 16, 3), (16, 16, 3), (16, 16, 2), (16, 16, 1),
+    ]
