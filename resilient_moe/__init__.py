@@ -1,32 +1,57 @@
 """resilient_moe: Triton MoE GEMMs that keep running when a tile does not fit the chip.
 
 Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py) -> backend launch
-(moe_matmul.py and _moe_details/, adapters/ for upstream triton_kernels) -> cache (cache.py) and
+(moe_matmul.py and _moe_details/; adapters/ for upstream triton_kernels) -> cache (cache.py) and
 events (events.py). virtual/ compiles for chips this machine does not have; targets.py lists them.
+
+Names are imported on first use: whether Triton interprets or compiles is fixed when a kernel
+module is imported, so ``import resilient_moe`` must not import one (the CLI decides first).
 """
 
-from .cache import TilingCache
-from .config import TileConfig
-from .dispatch import Attempt, LadderExhaustedError
-from .moe_matmul import moe_matmul
-from .policy import Policy, PolicyError, load_policy
-from .reference import moe_matmul_reference
-from .routing import Routing, route
-from .targets import CHIPS, Chip
+from __future__ import annotations
 
-__all__ = [
-    "CHIPS",
-    "Attempt",
-    "Chip",
-    "LadderExhaustedError",
-    "Policy",
-    "PolicyError",
-    "Routing",
-    "TileConfig",
-    "TilingCache",
-    "load_policy",
-    "moe_matmul",
-    "moe_matmul_reference",
-    "route",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CHIPS": "targets",
+    "Chip": "targets",
+    "Attempt": "dispatch",
+    "LadderExhaustedError": "dispatch",
+    "Policy": "policy",
+    "PolicyError": "policy",
+    "load_policy": "policy",
+    "Routing": "routing",
+    "route": "routing",
+    "TileConfig": "config",
+    "TilingCache": "cache",
+    "moe_matmul": "moe_matmul",
+    "moe_matmul_reference": "reference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'resilient_moe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:
+    from .cache import TilingCache
+    from .config import TileConfig
+    from .dispatch import Attempt, LadderExhaustedError
+    from .moe_matmul import moe_matmul
+    from .policy import Policy, PolicyError, load_policy
+    from .reference import moe_matmul_reference
+    from .routing import Routing, route
+    from .targets import CHIPS, Chip

@@ -11,6 +11,7 @@ Event names are stable identifiers; their fields are documented in docs/events.m
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -27,11 +28,25 @@ _json = structlog.processors.JSONRenderer(sort_keys=False)
 _logfmt = structlog.processors.LogfmtRenderer(key_order=["event"], bool_as_flag=False)
 
 
+_TILE_FIELDS = {"block_m", "block_n", "block_k", "num_stages", "num_warps", "group_m"}
+
+
+def _compact(value: Any) -> Any:
+    """Tiles read as 128x256x64 s3 w8 g8 in text logs; other mappings as compact JSON."""
+    if isinstance(value, dict) and value.keys() >= _TILE_FIELDS:
+        return f"{value['block_m']}x{value['block_n']}x{value['block_k']} s{value['num_stages']} w{value['num_warps']} g{value['group_m']}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return value
+
+
 def _render(_: WrappedLogger, __: str, event_dict: EventDict) -> tuple[tuple[str], dict[str, Any]]:
     """Last step: text for stdlib's message (JSON when asked), the dict itself as ``extra``."""
     fields = dict(event_dict)
-    fmt = os.environ.get(FORMAT_ENV, "logfmt").strip().lower()
-    text = _json(_, __, dict(event_dict)) if fmt == "json" else _logfmt(_, __, dict(event_dict))
+    if os.environ.get(FORMAT_ENV, "logfmt").strip().lower() == "json":
+        text = _json(_, __, dict(fields))
+    else:
+        text = _logfmt(_, __, {k: _compact(v) for k, v in fields.items()})
     return (text,), {"extra": {"resilient_moe": fields}}
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import events, virtual
 from ._moe_details.launch import Mode, check_operands, default_config, prepare
-from .cache import REFERENCE, default_cache
+from .cache import REFERENCE, Key, default_cache
 from .config import TileConfig
 from .dispatch import Call, resolve
 from .policy import Policy, active_policy
@@ -45,10 +45,7 @@ def moe_matmul(
         return _empty(x, w, bias, routing, mode)
     policy = active_policy(policy)
     where = placement()
-    key = (
-        KERNEL, mode, where.arch, _TRITON, str(x.dtype), _bucket(routing.n_rows), w.shape[2], w.shape[1],
-        w.shape[0], routing.top_k, bias is not None, w.stride(2) == 1, _fingerprint(policy),
-    )
+    key = cache_key(x, w, bias, routing, mode, where.arch, policy)
     winner = default_cache().lookup(key)
     if isinstance(winner, TileConfig):
         return prepare(x, w, bias, routing, mode, winner).run()
@@ -61,17 +58,32 @@ def moe_matmul(
             virtual.fits(launch.kernel, launch.args, launch.constexprs, where.virtual.name)
         return launch.run()
 
+    call = plan(x, w, bias, routing, mode, where.arch, key)
+    return resolve(call, attempt, policy, default_cache(), lambda: moe_matmul_reference(x, w, routing, mode, bias))
+
+
+def cache_key(
+    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, arch: str, policy: Policy
+) -> Key:
+    """The shape class a winner is shared by: everything that changes which tiles fit, or the default."""
+    return (
+        KERNEL, mode, arch, _TRITON, str(x.dtype), _bucket(routing.n_rows), w.shape[2], w.shape[1],
+        w.shape[0], routing.top_k, bias is not None, w.stride(2) == 1, _fingerprint(policy),
+    )
+
+
+def plan(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, arch: str, key: Key) -> Call:
+    """What the dispatcher needs for a miss: validated operands, the heuristic's default, event context."""
     check_operands(x, w, bias, routing, mode)
     n_experts, k, n = w.shape
-    call = Call(
+    return Call(
         kernel=f"{KERNEL}.{mode}",
         key=key,
-        arch=where.arch,
+        arch=arch,
         shape={"rows": routing.n_rows, "n": n, "k": k, "experts": n_experts, "top_k": routing.top_k},
-        default=default_config(routing.n_rows, n, k, n_experts, x.dtype, where.arch),
+        default=default_config(routing.n_rows, n, k, n_experts, x.dtype, arch),
         fields={"dtype": str(x.dtype).removeprefix("torch.")},
     )
-    return resolve(call, attempt, policy, default_cache(), lambda: moe_matmul_reference(x, w, routing, mode, bias))
 
 
 def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> Tensor:

@@ -1,0 +1,48 @@
+"""The resilient-moe command, run as users run it: a real process, a real cache directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+POLICIES = Path(__file__).parent.parent / "policies"
+
+
+def cli(*args: str, cache_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RESILIENT_MOE_TARGET")}
+    environ.update(RESILIENT_MOE_CACHE_DIR=str(cache_dir), **env)
+    return subprocess.run([sys.executable, "-m", "resilient_moe.cli", *args], env=environ, capture_output=True, text=True, timeout=600)
+
+
+def test_help_names_every_command(cache_dir: Path) -> None:
+    out = cli("--help", cache_dir=cache_dir)
+    assert out.returncode == 0
+    for command in ("demo", "policy", "cache", "RESILIENT_MOE_TARGET"):
+        assert command in out.stdout
+
+
+def test_policy_check_accepts_shipped_and_names_bad_fields(cache_dir: Path, tmp_path: Path) -> None:
+    ok = cli("policy", "check", str(POLICIES / "gfx950-atom.yaml"), cache_dir=cache_dir)
+    assert ok.returncode == 0 and "gfx950" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nladder: {min_block_n: 24}\n")
+    out = cli("policy", "check", str(bad), cache_dir=cache_dir)
+    assert out.returncode == 1 and "ladder.min_block_n = 24" in out.stderr
+
+
+def test_demo_downgrades_for_real_then_uses_the_cache(cache_dir: Path) -> None:
+    first = cli("demo", cache_dir=cache_dir)
+    assert first.returncode == 0, first.stderr
+    assert "needs 196608 B > 163840 B -> downgraded" in first.stdout
+    assert "tiling.downgrade" in first.stderr and "OK" in first.stdout
+    second = cli("demo", cache_dir=cache_dir)
+    assert second.returncode == 0, second.stderr
+    assert "used the cache" in second.stdout and "downgraded" not in second.stdout
+    assert "tiling.downgrade" not in second.stderr
+
+    shown = cli("cache", "show", cache_dir=cache_dir)
+    assert shown.returncode == 0 and "2 winner(s)" in shown.stdout and "did not fit" in shown.stdout
+    cleared = cli("cache", "clear", cache_dir=cache_dir)
+    assert cleared.returncode == 0 and "removed" in cleared.stdout

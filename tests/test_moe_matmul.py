@@ -1,0 +1,60 @@
+"""The public op: empty inputs return sentinels without a launch; the hot path stays a lookup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resilient_moe as rm
+from resilient_moe import events
+from resilient_moe._moe_details import launch
+
+
+@pytest.fixture
+def no_launch(monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an empty input must not reach the kernel")
+
+    monkeypatch.setattr(launch.KernelLaunch, "run", forbidden)
+
+
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+def test_zero_tokens_give_correctly_shaped_zeros_without_a_launch(mode: str, no_launch) -> None:
+    routing = rm.route(torch.randn(0, 4), 2)
+    x = torch.randn(0, 32, dtype=torch.float16)
+    w = torch.randn(4, 32, 64, dtype=torch.float16)
+    with events.capture() as logs:
+        y = rm.moe_matmul(x, w, routing, mode)
+    assert y.shape == (0, 64) and y.dtype == torch.float16
+    assert logs[0]["event"] == "moe.empty_input"
+
+
+def test_no_token_on_a_local_expert_gives_zeros_and_sentinel_indices(no_launch) -> None:
+    logits = torch.full((5, 8), -10.0)
+    logits[:, :2] = 10.0  # every token picks experts 0 and 1; this rank holds experts 4..7
+    routing = rm.route(logits, 2, expert_range=(4, 8))
+    assert routing.n_rows == 0 and bool((routing.slot_to_row == -1).all())
+    x = torch.randn(5, 32, dtype=torch.float16)
+    h = rm.moe_matmul(x, torch.randn(4, 32, 16, dtype=torch.float16), routing, "gather")
+    assert h.shape == (0, 16)
+    y = rm.moe_matmul(h.new_zeros(0, 16), torch.randn(4, 16, 32, dtype=torch.float16), routing, "scatter")
+    assert y.shape == (5, 32) and not y.any()
+
+
+def test_empty_input_still_checks_shapes() -> None:
+    routing = rm.route(torch.randn(0, 4), 2)
+    with pytest.raises(ValueError, match="w.dtype"):
+        rm.moe_matmul(torch.randn(0, 32, dtype=torch.float16), torch.randn(4, 32, 64), routing)
+
+
+def test_cached_call_matches_reference_and_emits_nothing() -> None:
+    routing = rm.route(torch.randn(8, 4), 2)
+    x = torch.randn(8, 32, dtype=torch.float16)
+    w = (torch.randn(4, 32, 64) / 6).to(torch.float16)
+    bias = torch.randn(4, 64, dtype=torch.float16)
+    first = rm.moe_matmul(x, w, routing, "gather", bias)
+    with events.capture() as logs:
+        second = rm.moe_matmul(x, w, routing, "gather", bias)
+    assert logs == []
+    torch.testing.assert_close(second, first)
+    torch.testing.assert_close(first, rm.moe_matmul_reference(x, w, routing, "gather", bias), atol=2e-2, rtol=2e-2)
