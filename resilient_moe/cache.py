@@ -45,6 +45,11 @@ def default_dir() -> Path:
     return Path(base) / "resilient_moe"
 
 
+def row_bucket(rows: int) -> int:
+    """Shape class of a row count: the next power of two (winners are shared within a class)."""
+    return 1 << (rows - 1).bit_length()
+
+
 def key_text(key: Key) -> str:
     return "|".join(str(part) for part in key)
 

@@ -12,7 +12,6 @@ virtual MI355X (gfx950); set RESILIENT_MOE_TARGET to pick another chip.
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import os
 from dataclasses import dataclass
@@ -67,8 +66,8 @@ def run() -> int:
     gpu = prepare_environment()
     from . import events
     from .cache import default_cache
-    from .moe_matmul import moe_matmul
-    from .policy import load_policy
+    from .builtin import moe_matmul
+    from .policy import load_policy, shipped_policy
     from .reference import moe_matmul_reference
     from .routing import route
     from .targets import placement
@@ -84,8 +83,8 @@ def run() -> int:
 
     layer = GPU_LAYER if gpu else CPU_LAYER
     where = placement()
-    policy_file = importlib.resources.files("resilient_moe.policies") / "demo.yaml"
-    policy = load_policy(str(policy_file))
+    policy_file = shipped_policy("demo.yaml")
+    policy = load_policy(policy_file)
     cache = default_cache()
     runs_on = "GPU" if gpu else "Triton interpreter (CPU)"
     chip = f", every tile compiled first for virtual {where.virtual.name} ({where.virtual.examples}, limit {where.virtual.max_shared_mem} B)" if where.virtual else ""

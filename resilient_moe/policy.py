@@ -7,6 +7,7 @@ the shipped ``policies/default.yaml``. A bad file fails at load with the file, t
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
 import os
 from pathlib import Path
@@ -111,6 +112,11 @@ class Policy(_Frozen):
             raise ValueError(f"arch: unknown chip {unknown[0]!r}; known: {', '.join(CHIPS)}")
         return self
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the content: a winner found under one policy is not reused under another."""
+        return hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:10]
+
     def for_arch(self, arch: str) -> ArchSection:
         return self.arch.get(arch, ArchSection())
 
@@ -150,8 +156,17 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: invalid policy\n" + "\n".join(lines)) from None
 
 
+def shipped_policy(name: str) -> Path:
+    """A policy file shipped with the package (``policies/`` of a source checkout, when not installed)."""
+    try:
+        folder = Path(str(importlib.resources.files("resilient_moe.policies")))
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "policies"
+    return folder / name
+
+
 def default_policy_path() -> Path:
-    return Path(str(importlib.resources.files("resilient_moe.policies") / "default.yaml"))
+    return shipped_policy("default.yaml")
 
 
 @functools.cache
@@ -170,8 +185,12 @@ def _policy_from(path: str) -> Policy:
         return load_policy(fallback)
 
 
+@functools.cache
+def environment_policy() -> Policy:
+    """RESILIENT_MOE_POLICY, else the shipped default; read once per process (it is on every call's path)."""
+    return _policy_from(os.environ.get(POLICY_ENV) or str(default_policy_path()))
+
+
 def active_policy(policy: Policy | None = None) -> Policy:
     """The policy for a call, by the precedence above."""
-    if policy is not None:
-        return policy
-    return _policy_from(os.environ.get(POLICY_ENV) or str(default_policy_path()))
+    return environment_policy() if policy is None else policy

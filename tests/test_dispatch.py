@@ -14,9 +14,9 @@ from triton.compiler.errors import CompilationError
 
 import resilient_moe as rm
 from resilient_moe import events, virtual
-from resilient_moe.dispatch import starting_config
+from resilient_moe._moe_details.launch import prepare
 from resilient_moe.ladder import rungs
-from resilient_moe.moe_matmul import moe_matmul
+from resilient_moe.builtin import moe_matmul
 from resilient_moe.policy import parse_policy
 
 T, E, K, N, TOP_K = 16, 4, 128, 256, 2
@@ -61,10 +61,9 @@ def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, f
     assert downgrades and all(d["required"] > d["limit"] == 163840 for d in downgrades)
     assert downgrades[0]["from"]["block_n"] == 256 and downgrades[0]["resource"] == "shared memory"
     # Independently: the first rung, in the policy's order, whose compile for gfx950 fits.
-    start, pinned = starting_config(rm.TileConfig(**selected["config"]) , policy, "gfx950")
     default = rm.TileConfig(**downgrades[0]["from"])
     ladder = rungs(default, policy.ladder, policy.moves_for("shared memory"))
-    launches = [rm.moe_matmul.__globals__["prepare"](x, w, None, routing, "gather", c) for c in ladder]
+    launches = [prepare(x, w, None, routing, "gather", c) for c in ladder]
     first_fit = next(c for c, l in zip(ladder, launches) if virtual.measure(
         virtual.job_for(l.kernel, l.args, l.constexprs, "gfx950")).error is None)
     assert selected["config"] == first_fit.as_dict()

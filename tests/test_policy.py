@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from resilient_moe import events
-from resilient_moe.policy import POLICY_ENV, Policy, PolicyError, _policy_from, active_policy, default_policy_path, load_policy
+from resilient_moe.policy import (
+    POLICY_ENV,
+    Policy,
+    PolicyError,
+    _policy_from,
+    active_policy,
+    default_policy_path,
+    environment_policy,
+    load_policy,
+)
 
 SHIPPED = sorted((Path(__file__).parent.parent / "policies").glob("*.yaml"))
 
@@ -66,9 +75,11 @@ def test_precedence_argument_then_env_then_default(tmp_path: Path, monkeypatch) 
     path.write_text("version: 1\non_exhausted: reference\n")
     explicit = Policy(ladder={"max_attempts": 3})
     monkeypatch.setenv(POLICY_ENV, str(path))
+    environment_policy.cache_clear()
     assert active_policy(explicit) is explicit
     assert active_policy().on_exhausted == "reference"
     monkeypatch.delenv(POLICY_ENV)
+    environment_policy.cache_clear()
     assert active_policy() == Policy()
 
 
@@ -77,7 +88,9 @@ def test_broken_env_policy_falls_back_to_default_with_an_error_event(tmp_path: P
     path.write_text("version: 1\nladder: {factor: 3}\n")
     monkeypatch.setenv(POLICY_ENV, str(path))
     _policy_from.cache_clear()
+    environment_policy.cache_clear()
     with events.capture() as logs:
         assert active_policy() == Policy()
     assert logs[0]["event"] == "policy.invalid" and "ladder.factor" in logs[0]["error"]
     _policy_from.cache_clear()
+    environment_policy.cache_clear()

@@ -1,4 +1,4 @@
-"""``moe_matmul``: the builtin MoE GEMM with gather/scatter, behind the resilient dispatcher.
+"""The builtin backend: ``moe_matmul``, our own MoE GEMM with gather/scatter, behind the dispatcher.
 
 The hot path of a call whose shape class was seen before is: an emptiness check, a key tuple, one
 dict lookup, the launch. No compile, no file I/O, no host-device sync.
@@ -6,15 +6,13 @@ dict lookup, the launch. No compile, no file I/O, no host-device sync.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import triton
 from torch import Tensor
 
 from . import events, virtual
 from ._moe_details.launch import Mode, check_operands, default_config, prepare
-from .cache import REFERENCE, Key, default_cache
+from .cache import REFERENCE, Key, default_cache, row_bucket
 from .config import TileConfig
 from .dispatch import Call, resolve
 from .policy import Policy, active_policy
@@ -67,8 +65,8 @@ def cache_key(
 ) -> Key:
     """The shape class a winner is shared by: everything that changes which tiles fit, or the default."""
     return (
-        KERNEL, mode, arch, _TRITON, str(x.dtype), _bucket(routing.n_rows), w.shape[2], w.shape[1],
-        w.shape[0], routing.top_k, bias is not None, w.stride(2) == 1, _fingerprint(policy),
+        KERNEL, mode, arch, _TRITON, x.dtype, row_bucket(routing.n_rows), *w.shape, routing.top_k,
+        bias is not None, w.stride(2) == 1, policy.fingerprint,
     )
 
 
@@ -93,18 +91,3 @@ def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mo
     events.empty_input(kernel=f"{KERNEL}.{mode}", tokens=routing.n_tokens, experts=routing.n_experts)
     return torch.zeros((rows, w.shape[2]), dtype=x.dtype, device=x.device)
 
-
-def _bucket(rows: int) -> int:
-    """Shape class of a row count: the next power of two (winners are shared within a class)."""
-    return 1 << (rows - 1).bit_length()
-
-
-_fingerprints: dict[int, tuple[Policy, str]] = {}
-
-
-def _fingerprint(policy: Policy) -> str:
-    """A short hash of the policy's content, so a winner found under one policy is not used under another."""
-    held = _fingerprints.get(id(policy))
-    if held is None or held[0] is not policy:
-        held = _fingerprints[id(policy)] = (policy, hashlib.sha1(policy.model_dump_json().encode()).hexdigest()[:10])
-    return held[1]
