@@ -1,4 +1,4 @@
-"""Test session set-up: kernels run in the Triton interpreter, and each test gets its own cache.
+"""Test session set-up: without a GPU, kernels run in the Triton interpreter; each test gets its own cache.
 
 TRITON_INTERPRET must be set before any @triton.jit function is created, so it is set here, at
 collection, before the tests import resilient_moe. Compiles for virtual chips run in worker
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 os.environ.pop("RESILIENT_MOE_TARGET", None)
 os.environ.pop("RESILIENT_MOE_POLICY", None)
 
