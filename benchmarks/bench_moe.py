@@ -198,7 +198,9 @@ def section_recovery(out: Path) -> None:
     from triton.runtime.errors import OutOfResources
 
     arch = placement().arch
-    policy = parse_policy({"version": 1, "arch": {arch: {"default": OVER_LIMIT}}})
+    ladders = {"plain": {}, "num_stages_first": {"ladder": {"order": ["num_stages", "block_n", "block_m"]}}}
+    policies = {name: parse_policy({"version": 1, "arch": {arch: {"default": OVER_LIMIT}}, **extra})
+                for name, extra in ladders.items()}
     rows = []
     for case in CASES:
         label, mode, k, n = case.gemms()[0]
@@ -206,17 +208,22 @@ def section_recovery(out: Path) -> None:
         x = torch.randn(case.tokens, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(case.experts, k, n, device="cuda", dtype=torch.bfloat16) / k**0.5
         flops = 2.0 * routing.n_rows * k * n
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with events.capture() as log:
-            y = rm.moe_matmul(x, w, routing, mode, policy=policy)
-        torch.cuda.synchronize()
-        first_call_s = time.perf_counter() - t0
         ref = rm.moe_matmul_reference(x, w, routing, mode)
-        rel_err = float(((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
-        downgrades = [{k_: e[k_] for k_ in ("from", "to", "required", "limit", "resource")} for e in log if e["event"] == "tiling.downgrade"]
-        (selected,) = [e["config"] for e in log if e["event"] == "tiling.selected"]
-        landed_ms = ms(lambda: rm.moe_matmul(x, w, routing, mode, policy=policy))
+        landings = {}
+        for ladder, policy in policies.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with events.capture() as log:
+                y = rm.moe_matmul(x, w, routing, mode, policy=policy)
+            torch.cuda.synchronize()
+            first_call_s = time.perf_counter() - t0
+            rel_err = float(((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
+            downgrades = [{k_: e[k_] for k_ in ("from", "to", "required", "limit", "resource")} for e in log if e["event"] == "tiling.downgrade"]
+            (selected,) = [e["config"] for e in log if e["event"] == "tiling.selected"]
+            landed_ms = ms(lambda: rm.moe_matmul(x, w, routing, mode, policy=policy))
+            landings[ladder] = {"downgrades": downgrades, "landed": selected, "landed_ms": landed_ms,
+                                "landed_tflops": flops / landed_ms / 1e9, "first_call_s": first_call_s,
+                                "bf16_max_rel_err_vs_reference": rel_err}
         sweep = []
         for cfg in SWEEP:
             tile = rm.TileConfig(**cfg)
@@ -226,10 +233,9 @@ def section_recovery(out: Path) -> None:
             except OutOfResources as err:
                 sweep.append({"config": cfg, "required": err.required, "limit": err.limit})
         best = min((s for s in sweep if "ms" in s), key=lambda s: s["ms"])
-        row = {"case": case.name, "gemm": label, "downgrades": downgrades, "landed": selected,
-               "landed_ms": landed_ms, "landed_tflops": flops / landed_ms / 1e9, "best": best,
-               "landed_vs_best": best["ms"] / landed_ms, "first_call_s": first_call_s,
-               "bf16_max_rel_err_vs_reference": rel_err, "sweep": sweep}
+        for landing in landings.values():
+            landing["landed_vs_best"] = best["ms"] / landing["landed_ms"]
+        row = {"case": case.name, "gemm": label, "best": best, "ladders": landings, "sweep": sweep}
         print(json.dumps({k_: v for k_, v in row.items() if k_ != "sweep"}), flush=True)
         rows.append(row)
         del w
