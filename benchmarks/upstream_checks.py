@@ -42,8 +42,9 @@ def operands(name: str) -> tuple[Any, ...]:
 
 
 def part_same() -> dict[str, Any]:
-    import resilient_moe as rm
     from triton_kernels.matmul_ogs import matmul_ogs as upstream
+
+    import resilient_moe as rm
 
     out: dict[str, Any] = {}
     for name in SHAPES:
@@ -90,10 +91,11 @@ def _events(fn: Any) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def part_recover() -> dict[str, Any]:
-    import resilient_moe as rm
     from triton.runtime.errors import OutOfResources
     from triton_kernels.matmul_ogs import matmul_ogs as upstream
     from triton_kernels.matmul_ogs_details import opt_flags
+
+    import resilient_moe as rm
 
     out: dict[str, Any] = {}
     for name in SHAPES:

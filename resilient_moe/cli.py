@@ -1,4 +1,4 @@
-"""``resilient-moe``: run the demo, check a policy, inspect the tiling cache, preflight a chip."""
+"""``resilient-moe``: run the demo, check a policy, inspect the tiling cache, preflight a chip you do not have."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cache_show)
     clear = cache.add_parser("clear", help="forget every cached winner")
     clear.set_defaults(func=_cache_clear)
+
+    from . import preflight
+
+    preflight.add_commands(sub)
     return top
 
 

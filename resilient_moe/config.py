@@ -31,3 +31,7 @@ class TileConfig:
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        """'128x256x64 s4 w8 g8': block m x n x k, stages, warps, group_m (how logs and tables show a tile)."""
+        return f"{self.block_m}x{self.block_n}x{self.block_k} s{self.num_stages} w{self.num_warps} g{self.group_m}"

@@ -65,8 +65,8 @@ def run() -> int:
     """Run the layer, print what the dispatcher did and the check against the torch reference."""
     gpu = prepare_environment()
     from . import events
-    from .cache import default_cache
     from .builtin import moe_matmul
+    from .cache import default_cache
     from .policy import load_policy, shipped_policy
     from .reference import moe_matmul_reference
     from .routing import route

@@ -66,6 +66,7 @@ class Call:
     shape: dict[str, Any]
     default: TileConfig  # the backend's own choice, before the policy's per-arch section
     fields: dict[str, Any] = field(default_factory=dict)  # extra context for events
+    source: str = "runtime"  # recorded with the winner: "runtime", or "preflight" for a shipped cache
 
 
 def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
@@ -128,7 +129,7 @@ def _climb(
             config = following
             continue
         tried.append(Attempt(config))
-        cache.record(call.key, config, [a.as_dict() for a in tried])
+        cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
         events.selected(config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **context)
         return result
 
@@ -145,5 +146,5 @@ def _exhausted(
     events.exhausted(attempts=[a.as_dict() for a in tried], action="reference" if fallback else "raise", **context)
     if not fallback:
         raise LadderExhaustedError(call.kernel, call.arch, call.shape, tried)
-    cache.record(call.key, REFERENCE, [a.as_dict() for a in tried])
+    cache.record(call.key, REFERENCE, [a.as_dict() for a in tried], call.source)
     return reference()  # type: ignore[misc]

@@ -20,7 +20,12 @@ from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from resilient_moe import cache  # noqa: E402
+import resilient_moe as rm  # noqa: E402
+from resilient_moe import (
+    cache,  # noqa: E402
+    virtual,  # noqa: E402
+)
+from resilient_moe.policy import parse_policy  # noqa: E402
 from resilient_moe.targets import TARGET_ENV, placement  # noqa: E402
 
 
@@ -43,3 +48,34 @@ def target(monkeypatch) -> Iterator[Callable[[str], None]]:
 
     yield use
     placement.cache_clear()
+
+
+# Shared by the tests that run the dispatcher on a small problem.
+
+T, E, K, N, TOP_K = 16, 4, 128, 256, 2
+OVER_GFX950 = {"block_m": 128, "block_n": 256, "block_k": 128, "num_stages": 3}  # 196608 B of LDS > 163840
+
+
+def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, rm.Routing]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, K, generator=g, dtype=torch.float16)
+    w = (torch.randn(E, K, N, generator=g) / 8).to(torch.float16)
+    return x, w, rm.route(torch.randn(T, E, generator=g), TOP_K)
+
+
+def policy_with(arch: str, default: dict, **extra) -> rm.Policy:
+    return parse_policy({"version": 1, "arch": {arch: {"default": default}}, **extra})
+
+
+@pytest.fixture
+def fits_calls(monkeypatch) -> list[str]:
+    """Records every fit check (a compile for the virtual chip) the dispatcher asks for."""
+    calls: list[str] = []
+    real = virtual.fits
+
+    def counting(kernel, args, constexprs, chip):
+        calls.append(chip)
+        return real(kernel, args, constexprs, chip)
+
+    monkeypatch.setattr(virtual, "fits", counting)
+    return calls

@@ -10,42 +10,14 @@ import textwrap
 
 import pytest
 import torch
+from conftest import OVER_GFX950, TOP_K, E, K, N, T, policy_with, problem
 from triton.compiler.errors import CompilationError
 
 import resilient_moe as rm
 from resilient_moe import events, virtual
 from resilient_moe._moe_details.launch import prepare
-from resilient_moe.ladder import rungs
 from resilient_moe.builtin import moe_matmul
-from resilient_moe.policy import parse_policy
-
-T, E, K, N, TOP_K = 16, 4, 128, 256, 2
-OVER_GFX950 = {"block_m": 128, "block_n": 256, "block_k": 128, "num_stages": 3}  # 196608 B of LDS > 163840
-
-
-def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, rm.Routing]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, K, generator=g, dtype=torch.float16)
-    w = (torch.randn(E, K, N, generator=g) / 8).to(torch.float16)
-    return x, w, rm.route(torch.randn(T, E, generator=g), TOP_K)
-
-
-def policy_with(arch: str, default: dict, **extra) -> rm.Policy:
-    return parse_policy({"version": 1, "arch": {arch: {"default": default}}, **extra})
-
-
-@pytest.fixture
-def fits_calls(monkeypatch) -> list[str]:
-    """Records every fit check (a compile for the virtual chip) the dispatcher asks for."""
-    calls: list[str] = []
-    real = virtual.fits
-
-    def counting(kernel, args, constexprs, chip):
-        calls.append(chip)
-        return real(kernel, args, constexprs, chip)
-
-    monkeypatch.setattr(virtual, "fits", counting)
-    return calls
+from resilient_moe.ladder import rungs
 
 
 def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, fits_calls) -> None:

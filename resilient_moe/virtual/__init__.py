@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .driver import VirtualDriver, virtual_target
-from .worker import CompileJob, Compiled, Worker, job_for
+from .worker import Compiled, CompileJob, Worker, job_for
 
 __all__ = ["Compiled", "CompileJob", "VirtualDriver", "compile_many", "fits", "job_for", "measure", "virtual_target"]
 
