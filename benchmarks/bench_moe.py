@@ -79,7 +79,6 @@ def section_kernel(out: Path) -> None:
             routing = rm.route(logits, case.top_k)
             tk = up[1](logits.to(torch.bfloat16), case.top_k) if up else None
             x = torch.randn(case.tokens, case.hidden, device="cuda", dtype=torch.bfloat16)
-            h_in = None
             for label, mode, k, n in case.gemms():
                 w = torch.randn(case.experts, k, n, device="cuda", dtype=torch.bfloat16) / k**0.5
                 a = x if mode == "gather" else torch.randn(routing.n_rows, k, device="cuda", dtype=torch.bfloat16)
