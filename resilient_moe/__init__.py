@@ -27,8 +27,9 @@ _EXPORTS = {
     "route": "routing",
     "TileConfig": "config",
     "TilingCache": "cache",
-    "moe_matmul": "moe_matmul",
+    "moe_matmul": "builtin",
     "moe_matmul_reference": "reference",
+    **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "adapters"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -47,10 +48,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .adapters import (
+        matmul,
+        matmul_ogs,
+        patch_triton_kernels,
+        unpatch_triton_kernels,
+    )
+    from .builtin import moe_matmul
     from .cache import TilingCache
     from .config import TileConfig
     from .dispatch import Attempt, LadderExhaustedError
-    from .moe_matmul import moe_matmul
     from .policy import Policy, PolicyError, load_policy
     from .reference import moe_matmul_reference
     from .routing import Routing, route
