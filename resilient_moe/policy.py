@@ -43,7 +43,7 @@ class _Frozen(BaseModel):
 class Ladder(_Frozen):
     """How rungs are generated from the default tile (see ``ladder.py``)."""
 
-    order: tuple[Move, ...] = ("block_n", "block_m", "num_stages")
+    order: tuple[Move, ...] = ("num_stages", "block_n", "block_m")  # benchmarks/README.md says why
     min_block_n: PowerOfTwo = 16
     min_block_m: PowerOfTwo = 16
     min_block_k: PowerOfTwo = 16

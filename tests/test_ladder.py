@@ -81,9 +81,18 @@ def test_each_move_runs_to_its_floor_when_attempts_allow(start: TileConfig, ladd
         assert step(last, move, roomy) is None
 
 
-def test_default_order_is_block_n_then_block_m_then_num_stages() -> None:
+def test_default_order_drops_stages_then_block_n_then_block_m() -> None:
     start = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3)
     out = rungs(start, Ladder(), Ladder().order)
+    assert [(r.block_m, r.block_n, r.num_stages) for r in out][:5] == [
+        (128, 256, 2), (128, 256, 1), (128, 128, 1), (128, 64, 1), (128, 32, 1),
+    ]
+
+
+def test_plain_order_is_block_n_then_block_m_then_num_stages() -> None:
+    start = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3)
+    plain = Ladder(order=("block_n", "block_m", "num_stages"))
+    out = rungs(start, plain, plain.order)
     assert [(r.block_m, r.block_n, r.num_stages) for r in out] == [
         (128, 128, 3), (128, 64, 3), (128, 32, 3), (128, 16, 3),
         (64, 16, 3), (32, 16, 3), (16, 16, 3), (16, 16, 2), (16, 16, 1),

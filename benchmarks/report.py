@@ -1,0 +1,64 @@
+"""Print the markdown tables of benchmarks/README.md from the committed JSON results.
+
+    python benchmarks/report.py [benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(folder: Path, name: str):
+    return json.loads((folder / name).read_text())
+
+
+def kernel(folder: Path) -> None:
+    data = load(folder, "kernel-h200.json")
+    print(f"### 1. Kernel speed ({data['device']}, bf16, one run)\n")
+    print("| case | gemm | routing | ours TFLOP/s | matmul_ogs v3.5.1 | torch._grouped_mm | ours / best peer | ours weight GB/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in data["rows"]:
+        best = max(r.get("matmul_ogs_tflops", 0), r.get("grouped_mm_tflops", 0))
+        print(f"| {r['case']} | {r['gemm']} | {'skewed' if r['skew'] else 'uniform'} | {r['ours_tflops']:.0f} | "
+              f"{r.get('matmul_ogs_tflops', 0):.0f} | {r.get('grouped_mm_tflops', 0):.0f} | {r['ours_tflops'] / best:.2f} | "
+              f"{r['ours_weight_gbps']:.0f} |")
+
+
+def overhead(folder: Path) -> None:
+    d = load(folder, "overhead-h100.json")
+    g = d["cuda_graph"]
+    print(f"\n### 2. Dispatcher cost ({d['device']}, deepseek-v3 decode up-projection, host time per call, median of 1000)\n")
+    print("| path | host us |\n|---|---|")
+    print(f"| raw Triton launch of the compiled kernel (`kernel[grid](*args)`) | {d['host_us_raw_launch']:.1f} |")
+    print(f"| `prepare(...).run()`: validation, output allocation, launch (no dispatcher) | {d['host_us_prepare_and_launch']:.1f} |")
+    print(f"| `moe_matmul(...)`, cached winner | {d['host_us_moe_matmul_cached']:.1f} |")
+    print(f"| **dispatcher's own cost** (cached call minus prepare+launch) | **{d['dispatcher_extra_us']:.1f}** |")
+    print(f"\nCUDA graph: captured {g['captured']}, replay equals eager {g['replay_equals_eager']}, "
+          f"replay {g['replay_ms']:.3f} ms vs eager {g['eager_ms']:.3f} ms.")
+
+
+def recovery(folder: Path) -> None:
+    d = load(folder, "recovery-h100.json")
+    f = d["forced_default"]
+    print(f"\n### 3. Recovery quality ({d['device']}; default forced to {f['block_m']}x{f['block_n']}x{f['block_k']} "
+          f"s{f['num_stages']} w{f['num_warps']}, 245760 B > 232448)\n")
+    print("| case | best fitting tile (sweep of 24) | best TFLOP/s | plain ladder lands on | plain / best | stages-first lands on | stages-first / best |")
+    print("|---|---|---|---|---|---|---|")
+    tile = lambda c: f"{c['block_m']}x{c['block_n']}x{c['block_k']} s{c['num_stages']} w{c['num_warps']}"
+    for r in d["rows"]:
+        p, s = r["ladders"]["plain"], r["ladders"]["num_stages_first"]
+        print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} | {r['best']['tflops']:.0f} | {tile(p['landed'])} | "
+              f"{p['landed_vs_best']:.2f} | {tile(s['landed'])} | {s['landed_vs_best']:.2f} |")
+    r = load(folder, "restart-h100.json")
+    print(f"\nFirst call of a recovering process ({r['case']}): cold {r['first_call_s_cold']:.2f} s; restart, Triton's disk "
+          f"cache warm but ours empty {r['first_call_s_restart_without_our_cache']:.2f} s; restart with our cache "
+          f"{r['first_call_s_restart_with_our_cache']:.2f} s (no failing rung attempted).")
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results")
+    kernel(folder)
+    overhead(folder)
+    recovery(folder)
