@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +20,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from .policy import read_yaml
 
 Positive = Annotated[int, Field(gt=0)]
 
@@ -88,12 +89,7 @@ _GEMM_LIST = TypeAdapter(list[Gemm])
 def load_shapes(path: str | os.PathLike[str]) -> tuple[Gemm, ...]:
     """Read a shapes file: a mapping is one model (preset fields), a list is GEMMs (name, mode, experts, top_k, k, n)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ShapesError(f"{path}: cannot read shapes: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise ShapesError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path, "shapes", ShapesError)
     if not (isinstance(data, dict) or (isinstance(data, list) and data)):
         raise ShapesError(
             f"{path}: a shapes file is a model (name, experts, top_k, hidden, intermediate) "

@@ -11,7 +11,7 @@ import hashlib
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -137,16 +137,19 @@ class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file, the field and the value."""
 
 
+def read_yaml(path: Path, what: str, error: type[ValueError]) -> Any:
+    """A YAML file's data; an unreadable or malformed file raises ``error`` naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise error(f"{path}: cannot read {what}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from err
+
+
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate a policy YAML file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise PolicyError(f"{path}: cannot read policy: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{path}: not valid YAML: {err}") from err
-    return parse_policy(data, source=str(path))
+    return parse_policy(read_yaml(Path(path), "policy", PolicyError), source=str(path))
 
 
 def parse_policy(data: object, source: str = "<policy>") -> Policy:
