@@ -47,7 +47,7 @@ def _render(_: WrappedLogger, __: str, event_dict: EventDict) -> tuple[tuple[str
     """Last step: text for stdlib's message (JSON when asked), the dict itself as ``extra``."""
     fields = dict(event_dict)
     if os.environ.get(FORMAT_ENV, "logfmt").strip().lower() == "json":
-        text = _json(_, __, dict(fields))
+        text = _json(_, __, fields)
     else:
         text = _logfmt(_, __, {k: _compact(v) for k, v in fields.items()})
     return (text,), {"extra": {"resilient_moe": fields}}

@@ -27,7 +27,7 @@ POLICY_ENV = "RESILIENT_MOE_POLICY"
 
 Move = Literal["block_n", "block_m", "block_k", "num_stages", "num_warps"]
 Resource = Literal["shared memory", "threads", "tensor memory"]
-PowerOfTwo = Annotated[int, Field(gt=0)]
+Positive = Annotated[int, Field(gt=0)]  # powers of two are checked by the validators below
 
 
 def _power_of_two(name: str, value: int) -> int:
@@ -44,9 +44,9 @@ class Ladder(_Frozen):
     """How rungs are generated from the default tile (see ``ladder.py``)."""
 
     order: tuple[Move, ...] = ("num_stages", "block_n", "block_m")  # benchmarks/README.md says why
-    min_block_n: PowerOfTwo = 16
-    min_block_m: PowerOfTwo = 16
-    min_block_k: PowerOfTwo = 16
+    min_block_n: Positive = 16
+    min_block_m: Positive = 16
+    min_block_k: Positive = 16
     min_num_stages: Annotated[int, Field(ge=1)] = 1
     min_num_warps: Annotated[int, Field(ge=1)] = 1
     factor: Annotated[int, Field(ge=2)] = 2
@@ -70,11 +70,11 @@ class Ladder(_Frozen):
 class TileFields(_Frozen):
     """A partial tile: the fields it names override, the others stay as they were."""
 
-    block_m: PowerOfTwo | None = None
-    block_n: PowerOfTwo | None = None
-    block_k: PowerOfTwo | None = None
+    block_m: Positive | None = None
+    block_n: Positive | None = None
+    block_k: Positive | None = None
     group_m: Annotated[int, Field(gt=0)] | None = None
-    num_warps: PowerOfTwo | None = None
+    num_warps: Positive | None = None
     num_stages: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("block_m", "block_n", "block_k", "num_warps")

@@ -306,17 +306,17 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         experts, gather is not None, scatter is not None, os.environ.get(ASYNC_COPY_ENV, "") if hip else "",
         policy.fingerprint,
     )
+
+    def attempt(config: TileConfig | _Learn) -> Any:
+        with _on_target(where):
+            return _tiled(config, up.fn, args, kwargs)
+
     cache = default_cache()
     winner = cache.lookup(key)
     if isinstance(winner, TileConfig):
-        if where.virtual is None or where.interpreter:
-            return _tiled(winner, up.fn, args, kwargs)
-        with _on_target(where):
-            return _tiled(winner, up.fn, args, kwargs)
-
+        return attempt(winner)
     try:
-        with _on_target(where):
-            finished = _tiled(LEARN, up.fn, args, kwargs)
+        finished = attempt(LEARN)
     except _Learned as learned:
         flags = learned.flags
     else:
@@ -325,10 +325,6 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         default = TileConfig(**{name: getattr(flags, name) for name in TILE_FIELDS})
     except (TypeError, ValueError):  # a tile the ladder cannot express: run upstream as it is
         return up.fn(*args, **kwargs)
-
-    def attempt(config: TileConfig) -> Any:
-        with _on_target(where):
-            return _tiled(config, up.fn, args, kwargs)
 
     call = Call(
         kernel=f"triton_kernels.{entry}",
