@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ REFERENCE = "reference"
 """Recorded instead of a config when every rung failed and the policy falls back to the torch reference."""
 
 Winner = TileConfig | str
+
+MAX_DERIVED = 4096
 
 
 def default_dir() -> Path:
@@ -71,6 +73,7 @@ class TilingCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.memory: dict[Key, Winner] = {}
+        self.derived: dict[Hashable, Any] = {}
         self._file: dict[str, dict[str, Any]] = {}
         self._file_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
@@ -94,9 +97,19 @@ class TilingCache:
         events.cache_hit(key=key_text(key), config=_show(winner), source=str(self.path))
         return winner
 
+    def derive(self, key: Hashable, value: Any | None) -> None:
+        """Keep what a backend built from a winner (the builtin's bound launches, one per exact operand
+        layout), dropped whenever a winner changes; bounded, since decode batch sizes are many."""
+        if value is None:
+            return
+        if len(self.derived) >= MAX_DERIVED:
+            self.derived.clear()
+        self.derived[key] = value
+
     def record(self, key: Key, winner: Winner, attempts: list[dict[str, Any]], source: str = "runtime") -> None:
         """Remember a winner in memory and persist it (a failed write is an event, not an error)."""
         self.memory[key] = winner
+        self.derived.clear()
         if self.path is None:
             return
         entry = {"config": _show(winner), "attempts": attempts, "source": source, "recorded": time.time()}
@@ -134,6 +147,7 @@ class TilingCache:
         """Forget every winner, in memory and on disk; True if a file was removed."""
         with self._lock:
             self.memory.clear()
+            self.derived.clear()
             self._file, self._file_stamp = {}, None
             if self.path is None or not self.path.exists():
                 return False

@@ -48,10 +48,11 @@ def test_empty_input_still_checks_shapes() -> None:
 
 
 def test_cached_call_matches_reference_and_emits_nothing() -> None:
-    routing = rm.route(torch.randn(8, 4), 2)
-    x = torch.randn(8, 32, dtype=torch.float16)
-    w = (torch.randn(4, 32, 64) / 6).to(torch.float16)
-    bias = torch.randn(4, 64, dtype=torch.float16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    routing = rm.route(torch.randn(8, 4, device=device), 2)
+    x = torch.randn(8, 32, dtype=torch.float16, device=device)
+    w = (torch.randn(4, 32, 64, device=device) / 6).to(torch.float16)
+    bias = torch.randn(4, 64, dtype=torch.float16, device=device)
     first = rm.moe_matmul(x, w, routing, "gather", bias)
     with events.capture() as logs:
         second = rm.moe_matmul(x, w, routing, "gather", bias)

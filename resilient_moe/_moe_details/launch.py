@@ -6,6 +6,7 @@ launch can be prepared from meta tensors to compile for a chip that is not prese
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +14,9 @@ from typing import Any, Literal
 import torch
 import triton
 from torch import Tensor
+from triton import knobs
+from triton.compiler.compiler import CompiledKernel
+from triton.runtime.driver import driver
 
 from ..config import TileConfig
 from ..routing import Routing
@@ -40,10 +44,83 @@ class KernelLaunch:
     out: Tensor
     finish: Callable[[], Tensor]
 
-    def run(self) -> Tensor:
+    def launch(self) -> Any:
+        """Launch through Triton's JIT (compiling on first use); returns what the JIT returns."""
         if self.grid[0] > 0:
-            self.kernel[self.grid](*self.args, **self.constexprs)
+            return self.kernel[self.grid](*self.args, **self.constexprs)
+        return None
+
+    def run(self) -> Tensor:
+        self.launch()
         return self.finish()
+
+
+@dataclass(frozen=True)
+class BoundLaunch:
+    """A launch with Triton's JIT front end done once: argument binding, specialization and the
+    compiled-kernel lookup cost more host time than the launch itself at decode sizes.
+
+    Valid only for operands whose ``operand_key`` equals the key it was bound under: that key holds
+    every value that decides validation, output shape, grid and Triton's specialization. A call
+    allocates the output and hands the arguments to the compiled kernel's own launcher.
+    """
+
+    launcher: Any
+    function: Any
+    metadata: Any
+    stream_of: Callable[[int], int]
+    grid: int
+    scatter: bool
+    constants: tuple[Any, ...]  # constexpr values, in the kernel's parameter order
+
+    @classmethod
+    def bind(cls, launch: KernelLaunch, compiled: Any) -> BoundLaunch | None:
+        """The bound form of a launch the JIT just ran; None where there is nothing to bind (interpreter)."""
+        if not isinstance(compiled, CompiledKernel):
+            return None
+        names = launch.kernel.arg_names[len(launch.args):]
+        return cls(
+            launcher=compiled.run,
+            function=compiled.function,
+            metadata=compiled.packed_metadata,
+            stream_of=driver.active.get_current_stream,
+            grid=launch.grid[0],
+            scatter=bool(launch.constexprs["SCATTER"]),
+            constants=tuple(launch.constexprs[name] for name in names),
+        )
+
+    def __call__(self, x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing) -> Tensor:
+        out = _output(x, w.shape[2], routing, self.scatter)
+        self.launcher(
+            self.grid, 1, 1, self.stream_of(x.get_device()), self.function, self.metadata, None, None, None,
+            *_arguments(x, w, bias, out, routing, self.scatter), *self.constants,
+        )
+        return _result(out, routing, self.scatter)
+
+
+def hooks_installed() -> bool:
+    """Whether a profiler hooks Triton launches; bound launches skip hooks, so they step aside then."""
+    runtime = knobs.runtime
+    return any(getattr(hook, "calls", hook) for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+def operand_key(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> tuple[Any, ...]:
+    """Everything ``prepare`` reads from the operands, exactly: equal keys mean the same validation
+    outcome, output shape, grid and Triton specialization (dtypes, int values, pointer alignment)."""
+    scatter = mode == "scatter"
+    index = routing.scatter_idx if scatter else routing.gather_idx
+    offsets = routing.expert_offsets
+    return (
+        mode,
+        x.dtype, x.shape, x.stride(), x.data_ptr() % 16, x.get_device(),
+        w.dtype, w.shape, w.stride(), w.data_ptr() % 16, w.get_device(),
+        None if bias is None else (bias.dtype, bias.shape, bias.stride(), bias.data_ptr() % 16, bias.get_device()),
+        routing.n_experts, routing.n_tokens, routing.n_rows, routing.top_k,
+        offsets.dtype, offsets.data_ptr() % 16, offsets.get_device(),
+        index.dtype, index.data_ptr() % 16,
+        (routing.gammas.dtype, routing.gammas.stride(), routing.gammas.data_ptr() % 16) if scatter else None,
+        x.dtype == torch.float32 and torch.get_float32_matmul_precision(),
+    )
 
 
 def check_operands(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: str) -> None:
@@ -94,45 +171,10 @@ def prepare(
     check_operands(x, w, bias, routing, mode)
     n_experts, k, n = w.shape
     scatter = mode == "scatter"
-    slots = routing.n_tokens * routing.top_k
-    if scatter:
-        alloc = torch.zeros if routing.n_rows < slots else torch.empty
-        out = alloc((slots, n), dtype=x.dtype, device=x.device)
-        n_tokens, top_k = routing.n_tokens, routing.top_k
-
-        def finish() -> Tensor:
-            return out.view(n_tokens, top_k, n).sum(dim=1)
-
-    else:
-        out = torch.empty((routing.n_rows, n), dtype=x.dtype, device=x.device)
-
-        def finish() -> Tensor:
-            return out
-
+    out = _output(x, n, routing, scatter)
     max_m_tiles = min(triton.cdiv(routing.n_rows, config.block_m) + n_experts, routing.n_rows)
     grid = (max_m_tiles * triton.cdiv(n, config.block_n),)
-    args = (
-        x,
-        w,
-        bias,
-        out,
-        routing.expert_offsets,
-        None if scatter else routing.gather_idx,
-        routing.scatter_idx if scatter else None,
-        routing.gammas.view(-1) if scatter else None,
-        n_experts,
-        n,
-        k,
-        x.stride(0),
-        x.stride(1),
-        w.stride(0),
-        w.stride(1),
-        w.stride(2),
-        0 if bias is None else bias.stride(0),
-        0 if bias is None else bias.stride(1),
-        out.stride(0),
-        out.stride(1),
-    )
+    args = _arguments(x, w, bias, out, routing, scatter)
     constexprs: dict[str, int | bool] = {
         "BLOCK_M": config.block_m,
         "BLOCK_N": config.block_n,
@@ -147,7 +189,47 @@ def prepare(
         "num_warps": config.num_warps,
         "num_stages": config.num_stages,
     }
-    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, out, finish)
+    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, out, functools.partial(_result, out, routing, scatter))
+
+
+def _output(x: Tensor, n: int, routing: Routing, scatter: bool) -> Tensor:
+    """Gather: [n_rows, N] in expert order. Scatter: one row per (token, slot), zeroed where a slot
+    has no local row (expert parallelism), summed over slots by ``_result``."""
+    if not scatter:
+        return torch.empty((routing.n_rows, n), dtype=x.dtype, device=x.device)
+    slots = routing.n_tokens * routing.top_k
+    alloc = torch.zeros if routing.n_rows < slots else torch.empty
+    return alloc((slots, n), dtype=x.dtype, device=x.device)
+
+
+def _result(out: Tensor, routing: Routing, scatter: bool) -> Tensor:
+    return out.view(routing.n_tokens, routing.top_k, out.shape[1]).sum(dim=1) if scatter else out
+
+
+def _arguments(x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, routing: Routing, scatter: bool) -> tuple[Any, ...]:
+    """The kernel's runtime arguments, in its parameter order."""
+    return (
+        x,
+        w,
+        bias,
+        out,
+        routing.expert_offsets,
+        None if scatter else routing.gather_idx,
+        routing.scatter_idx if scatter else None,
+        routing.gammas.view(-1) if scatter else None,
+        w.shape[0],
+        w.shape[2],
+        w.shape[1],
+        x.stride(0),
+        x.stride(1),
+        w.stride(0),
+        w.stride(1),
+        w.stride(2),
+        0 if bias is None else bias.stride(0),
+        0 if bias is None else bias.stride(1),
+        out.stride(0),
+        out.stride(1),
+    )
 
 
 def default_config(

@@ -1,0 +1,141 @@
+"""The cached call's hot path: a bound launch per exact operand layout, dropped when winners change.
+
+The bound launch itself needs a GPU (it calls the compiled kernel's CUDA/HIP launcher); what decides
+when it may be reused (``operand_key``) and when it is dropped is checked everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import resilient_moe as rm
+from resilient_moe._moe_details.launch import BoundLaunch, operand_key
+from resilient_moe.cache import MAX_DERIVED, TilingCache, default_cache
+from resilient_moe.config import TileConfig
+
+GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+DEVICE = "cuda" if GPU else "cpu"
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a GPU: a bound launch calls the driver's launcher")
+
+
+def operands(t: int = 24, e: int = 4, k: int = 64, n: int = 128, dtype: torch.dtype = torch.float16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    routing = rm.route(torch.randn(t, e, generator=g).to(DEVICE), 2)
+    x = torch.randn(t, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(e, k, n, generator=g) / k**0.5).to(DEVICE, dtype)
+    return x, w, routing
+
+
+def test_equal_layouts_share_a_key_and_every_field_that_specializes_changes_it() -> None:
+    x, w, routing = operands()
+    same = operand_key(x.clone(), w.clone(), None, rm.route(torch.randn(24, 4).to(DEVICE), 2), "gather")
+    assert operand_key(x, w, None, routing, "gather") == same
+    base = operand_key(x, w, None, routing, "gather")
+    padded = torch.zeros(24, 72, dtype=x.dtype, device=x.device)
+    variants = {
+        "misaligned x": operand_key(padded[:, 1:65], w, None, routing, "gather"),
+        "strided x": operand_key(padded[:, :64], w, None, routing, "gather"),
+        "transposed w": operand_key(x, w.transpose(1, 2).contiguous().transpose(1, 2), None, routing, "gather"),
+        "dtype": operand_key(x.float(), w.float(), None, routing, "gather"),
+        "bias": operand_key(x, w, torch.zeros(4, 128, dtype=x.dtype, device=x.device), routing, "gather"),
+        "rows": operand_key(x[:20], w, None, rm.route(torch.randn(20, 4).to(DEVICE), 2), "gather"),
+        "mode": operand_key(torch.randn(48, 64).to(DEVICE, x.dtype), w, None, routing, "scatter"),
+    }
+    assert all(key != base for key in variants.values()), [name for name, key in variants.items() if key == base]
+
+
+def test_fp32_keys_follow_the_matmul_precision() -> None:
+    x, w, routing = operands(dtype=torch.float32)
+    before = operand_key(x, w, None, routing, "gather")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert operand_key(x, w, None, routing, "gather") != before
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_derived_launches_are_dropped_when_a_winner_changes_and_stay_bounded() -> None:
+    cache = TilingCache(None)
+    cache.derive("a", "bound")
+    cache.derive("b", None)
+    assert cache.derived == {"a": "bound"}
+    cache.record(("k",), TileConfig(16, 32, 32, group_m=4, num_warps=4, num_stages=2), [])
+    assert cache.derived == {}
+    for i in range(MAX_DERIVED + 1):
+        cache.derive(i, "bound")
+    assert len(cache.derived) == 1
+    cache.clear()
+    assert cache.derived == {}
+
+
+@pytest.mark.skipif(GPU, reason="checks the interpreter, where there is no compiled kernel to bind")
+def test_the_interpreter_binds_nothing() -> None:
+    x, w, routing = operands()
+    for _ in range(3):
+        rm.moe_matmul(x, w, routing)
+    assert default_cache().derived == {}
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_a_bound_launch_gives_the_jit_launch_result_bit_for_bit(mode: str, with_bias: bool) -> None:
+    x, w, routing = operands(dtype=torch.bfloat16)
+    if mode == "scatter":
+        x = torch.randn(routing.n_rows, 64, device=DEVICE, dtype=torch.bfloat16)
+    bias = torch.randn(4, 128, device=DEVICE, dtype=torch.bfloat16) if with_bias else None
+    first = rm.moe_matmul(x, w, routing, mode, bias)  # resolves
+    second = rm.moe_matmul(x, w, routing, mode, bias)  # JIT launch of the winner, then binds
+    (bound,) = default_cache().derived.values()
+    assert isinstance(bound, BoundLaunch)
+    third = rm.moe_matmul(x, w, routing, mode, bias)  # bound
+    assert torch.equal(first, second) and torch.equal(second, third)
+
+
+@needs_gpu
+def test_a_misaligned_view_gets_its_own_bound_launch() -> None:
+    x, w, routing = operands(dtype=torch.bfloat16)
+    for _ in range(3):
+        aligned = rm.moe_matmul(x, w, routing)
+    padded = torch.zeros(24, 72, dtype=x.dtype, device=x.device)
+    padded[:, 1:65] = x
+    for _ in range(3):
+        shifted = rm.moe_matmul(padded[:, 1:65], w, routing)
+    assert torch.equal(aligned, shifted)
+    assert len(default_cache().derived) == 2
+
+
+@needs_gpu
+def test_launch_hooks_see_every_call() -> None:
+    from triton import knobs
+
+    x, w, routing = operands(dtype=torch.bfloat16)
+    for _ in range(3):
+        rm.moe_matmul(x, w, routing)
+    seen: list[str] = []
+
+    def hook(metadata) -> None:
+        seen.append(metadata.get()["name"])
+
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        rm.moe_matmul(x, w, routing)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert seen == ["_moe_matmul_kernel"]
+
+
+@needs_gpu
+def test_a_bound_launch_captures_in_a_cuda_graph() -> None:
+    x, w, routing = operands(dtype=torch.bfloat16)
+    eager = [rm.moe_matmul(x, w, routing) for _ in range(3)][-1]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = rm.moe_matmul(x, w, routing)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
