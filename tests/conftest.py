@@ -57,10 +57,12 @@ OVER_GFX950 = {"block_m": 128, "block_n": 256, "block_k": 128, "num_stages": 3} 
 
 
 def problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, rm.Routing]:
+    """A small MoE GEMM on the device that runs kernels here: the GPU if there is one, else the CPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, K, generator=g, dtype=torch.float16)
-    w = (torch.randn(E, K, N, generator=g) / 8).to(torch.float16)
-    return x, w, rm.route(torch.randn(T, E, generator=g), TOP_K)
+    x = torch.randn(T, K, generator=g, dtype=torch.float16).to(device)
+    w = (torch.randn(E, K, N, generator=g) / 8).to(device, torch.float16)
+    return x, w, rm.route(torch.randn(T, E, generator=g).to(device), TOP_K)
 
 
 def policy_with(arch: str, default: dict, **extra) -> rm.Policy:

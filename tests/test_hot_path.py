@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import resilient_moe as rm
-from resilient_moe._moe_details.launch import BoundLaunch, operand_key
+from resilient_moe._moe_details._kernel import _moe_matmul_kernel
+from resilient_moe._moe_details.launch import _TENSOR_PARAMS, BoundLaunch, hooks_installed, operand_key, prepare
 from resilient_moe.cache import MAX_DERIVED, TilingCache, default_cache
 from resilient_moe.config import TileConfig
 
@@ -45,6 +46,29 @@ def test_equal_layouts_share_a_key_and_every_field_that_specializes_changes_it()
         "mode": operand_key(torch.randn(48, 64).to(DEVICE, x.dtype), w, None, routing, "scatter"),
     }
     assert all(key != base for key in variants.values()), [name for name, key in variants.items() if key == base]
+
+
+def test_a_bound_launch_keeps_the_sizes_after_the_tensor_parameters() -> None:
+    x, w, routing = operands()
+    launch = prepare(x, w, None, routing, "gather", TileConfig(16, 32, 32, group_m=4, num_warps=4, num_stages=2))
+    names = _moe_matmul_kernel.arg_names
+    assert tuple(names[: len(_TENSOR_PARAMS)]) == _TENSOR_PARAMS
+    assert all(isinstance(a, int) for a in launch.args[len(_TENSOR_PARAMS):])
+    assert len(launch.args) + len(launch.constexprs) - 2 == len(names)  # num_warps, num_stages are options
+
+
+def test_profiler_hooks_are_seen() -> None:
+    from triton import knobs
+
+    def hook(metadata) -> None:
+        pass
+
+    assert not hooks_installed()
+    knobs.runtime.launch_exit_hook.add(hook)
+    try:
+        assert hooks_installed()
+    finally:
+        knobs.runtime.launch_exit_hook.remove(hook)
 
 
 def test_fp32_keys_follow_the_matmul_precision() -> None:

@@ -16,6 +16,7 @@ import triton
 from torch import Tensor
 from triton import knobs
 from triton.compiler.compiler import CompiledKernel
+from triton.knobs import HookChain
 from triton.runtime.driver import driver
 
 from ..config import TileConfig
@@ -71,6 +72,7 @@ class BoundLaunch:
     stream_of: Callable[[int], int]
     grid: int
     scatter: bool
+    sizes: tuple[int, ...]  # sizes and strides: fixed by the operand key
     constants: tuple[Any, ...]  # constexpr values, in the kernel's parameter order
 
     @classmethod
@@ -86,6 +88,7 @@ class BoundLaunch:
             stream_of=driver.active.get_current_stream,
             grid=launch.grid[0],
             scatter=bool(launch.constexprs["SCATTER"]),
+            sizes=launch.args[len(_TENSOR_PARAMS):],
             constants=tuple(launch.constexprs[name] for name in names),
         )
 
@@ -93,15 +96,15 @@ class BoundLaunch:
         out = _output(x, w.shape[2], routing, self.scatter)
         self.launcher(
             self.grid, 1, 1, self.stream_of(x.get_device()), self.function, self.metadata, None, None, None,
-            *_arguments(x, w, bias, out, routing, self.scatter), *self.constants,
+            *_tensors(x, w, bias, out, routing, self.scatter), *self.sizes, *self.constants,
         )
         return _result(out, routing, self.scatter)
 
 
 def hooks_installed() -> bool:
     """Whether a profiler hooks Triton launches; bound launches skip hooks, so they step aside then."""
-    runtime = knobs.runtime
-    return any(getattr(hook, "calls", hook) for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return any(bool(hook.calls) if isinstance(hook, HookChain) else hook is not None for hook in hooks)
 
 
 def operand_key(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> tuple[Any, ...]:
@@ -174,7 +177,7 @@ def prepare(
     out = _output(x, n, routing, scatter)
     max_m_tiles = min(triton.cdiv(routing.n_rows, config.block_m) + n_experts, routing.n_rows)
     grid = (max_m_tiles * triton.cdiv(n, config.block_n),)
-    args = _arguments(x, w, bias, out, routing, scatter)
+    args = (*_tensors(x, w, bias, out, routing, scatter), *_sizes(x, w, bias, out))
     constexprs: dict[str, int | bool] = {
         "BLOCK_M": config.block_m,
         "BLOCK_N": config.block_n,
@@ -196,40 +199,31 @@ def _output(x: Tensor, n: int, routing: Routing, scatter: bool) -> Tensor:
     """Gather: [n_rows, N] in expert order. Scatter: one row per (token, slot), zeroed where a slot
     has no local row (expert parallelism), summed over slots by ``_result``."""
     if not scatter:
-        return torch.empty((routing.n_rows, n), dtype=x.dtype, device=x.device)
+        return x.new_empty(routing.n_rows, n)
     slots = routing.n_tokens * routing.top_k
-    alloc = torch.zeros if routing.n_rows < slots else torch.empty
-    return alloc((slots, n), dtype=x.dtype, device=x.device)
+    return x.new_zeros(slots, n) if routing.n_rows < slots else x.new_empty(slots, n)
 
 
 def _result(out: Tensor, routing: Routing, scatter: bool) -> Tensor:
     return out.view(routing.n_tokens, routing.top_k, out.shape[1]).sum(dim=1) if scatter else out
 
 
-def _arguments(x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, routing: Routing, scatter: bool) -> tuple[Any, ...]:
-    """The kernel's runtime arguments, in its parameter order."""
-    return (
-        x,
-        w,
-        bias,
-        out,
-        routing.expert_offsets,
-        None if scatter else routing.gather_idx,
-        routing.scatter_idx if scatter else None,
-        routing.gammas.view(-1) if scatter else None,
-        w.shape[0],
-        w.shape[2],
-        w.shape[1],
-        x.stride(0),
-        x.stride(1),
-        w.stride(0),
-        w.stride(1),
-        w.stride(2),
-        0 if bias is None else bias.stride(0),
-        0 if bias is None else bias.stride(1),
-        out.stride(0),
-        out.stride(1),
-    )
+_TENSOR_PARAMS = ("X", "W", "Bias", "Y", "ExpertOffsets", "GatherIdx", "ScatterIdx", "Gammas")
+"""The kernel's first parameters; the sizes and strides follow them."""
+
+
+def _tensors(
+    x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, routing: Routing, scatter: bool
+) -> tuple[Tensor | None, ...]:
+    if scatter:
+        return (x, w, bias, out, routing.expert_offsets, None, routing.scatter_idx, routing.gammas.view(-1))
+    return (x, w, bias, out, routing.expert_offsets, routing.gather_idx, None, None)
+
+
+def _sizes(x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor) -> tuple[int, ...]:
+    n_experts, k, n = w.shape
+    bias_strides = (0, 0) if bias is None else bias.stride()
+    return (n_experts, n, k, *x.stride(), *w.stride(), *bias_strides, *out.stride())
 
 
 def default_config(
