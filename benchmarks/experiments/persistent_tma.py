@@ -1,0 +1,167 @@
+"""Experiment (not a library path): persistent, TMA and warp-specialized variants of the MoE GEMM kernel.
+
+    python benchmarks/experiments/persistent_tma.py OUT_DIR     # GPU, upstream triton_kernels on PYTHONPATH
+
+Run on an H200 on 2026-11-22 (results/experiment-persistent-tma-h200.json, ...-ws-h200.json): the persistent
+loop with W (and, in scatter mode, X) through TMA descriptors reached 0.98 to 1.07 of matmul_ogs on Mixtral
+and gpt-oss down, but not on the gather-mode many-expert prefills (0.76 to 0.87), so the builtin kernel
+stays non-persistent; benchmarks/README.md has the table.
+"""
+import json, os, sys
+
+import torch, triton, triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+
+@triton.jit
+def _tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = t // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (t % num_pid_in_group) % group_size_m
+    pid_n = (t % num_pid_in_group) // group_size_m
+    expert = tl.sum((m_tiles_end <= pid_m).to(tl.int32), axis=0)
+    is_expert = experts == expert
+    first_tile = tl.sum(tl.where(is_expert, m_tiles_end - m_tiles, 0), axis=0)
+    row_start = tl.sum(tl.where(is_expert, row_lo, 0), axis=0) + (pid_m - first_tile) * BLOCK_M
+    row_end = tl.sum(tl.where(is_expert, row_hi, 0), axis=0)
+    return expert, pid_n, row_start, row_end
+
+
+@triton.jit
+def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gammas, n_experts, N, K,
+                stride_xm, stride_xk, stride_we, stride_wk, stride_wn, stride_ym, stride_yn,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                EXPERTS_POW2: tl.constexpr, SCATTER: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
+                W_TMA: tl.constexpr, X_TMA: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr = False):
+    experts = tl.arange(0, EXPERTS_POW2)
+    in_range = experts < n_experts
+    row_lo = tl.load(ExpertOffsets + experts, mask=in_range, other=0)
+    row_hi = tl.load(ExpertOffsets + experts + 1, mask=in_range, other=0)
+    m_tiles = (row_hi - row_lo + BLOCK_M - 1) // BLOCK_M
+    m_tiles_end = tl.cumsum(m_tiles, axis=0)
+    num_pid_m = tl.sum(m_tiles, axis=0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
+    for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=FLATTEN, warp_specialize=WS):
+        expert, pid_n, row_start, row_end = _tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
+        rows = row_start + tl.arange(0, BLOCK_M)
+        row_mask = rows < row_end
+        if SCATTER:
+            x_rows = tl.where(row_mask, rows, row_start)
+        else:
+            x_rows = tl.load(GatherIdx + rows, mask=row_mask, other=0)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        x_ptrs = X + x_rows.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+        w_ptrs = W + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k_tiles):
+            if X_TMA:
+                x = XDesc.load([row_start, k * BLOCK_K])
+            else:
+                x = tl.load(x_ptrs)
+            if W_TMA:
+                w = WDesc.load([expert, k * BLOCK_K, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+            else:
+                w = tl.load(w_ptrs)
+            acc = tl.dot(x, w, acc)
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += BLOCK_K * stride_wk
+        if SCATTER:
+            y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
+            gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
+            acc *= gamma[:, None]
+        else:
+            y_rows = rows
+        y_ptrs = Y + y_rows.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & (offs_n < N)[None, :])
+
+
+def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False):
+    E, K, N = w.shape
+    scatter = mode == "scatter"
+    slots = routing.n_tokens * routing.top_k
+    out = torch.empty((slots if scatter else routing.n_rows, N), dtype=x.dtype, device=x.device)
+    wdesc = TensorDescriptor(w, [E, K, N], [w.stride(0), w.stride(1), 1], [1, bk, bn]) if w_tma else None
+    xdesc = TensorDescriptor(x, [x.shape[0], K], [x.stride(0), 1], [bm, bk]) if x_tma else None
+    _persistent[(programs,)](x, w, wdesc, xdesc, out, routing.expert_offsets,
+        None if scatter else routing.gather_idx, routing.scatter_idx if scatter else None,
+        routing.gammas.view(-1) if scatter else None, E, N, K,
+        x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, EXPERTS_POW2=triton.next_power_of_2(E), SCATTER=scatter,
+        NUM_PROGRAMS=programs, W_TMA=w_tma, X_TMA=x_tma, FLATTEN=flatten, WS=ws, num_warps=warps, num_stages=stages)
+    return out.view(routing.n_tokens, routing.top_k, N).sum(1) if scatter else out
+
+
+def main() -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import torch, triton
+    from triton.testing import do_bench
+    import resilient_moe as rm
+    from resilient_moe._moe_details.launch import prepare
+    from bench_moe import CASES, logits_for, upstream
+
+    out_dir = sys.argv[1]
+    ms = lambda fn: float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+    up = upstream()
+    flags = []
+    if up:
+        import triton_kernels.matmul_ogs as mo
+        orig = mo.make_opt_flags
+        def spy(*a, **k):
+            f = orig(*a, **k); flags.append({n: getattr(f, n) for n in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "is_persistent", "split_k", "epilogue_subtile", "fused_scatter")}); return f
+        mo.make_opt_flags = spy
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    SWEEP = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8), (64, 256, 64, 4, 4), (128, 128, 64, 4, 4), (128, 256, 128, 2, 8)]
+    PERS = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8)]
+    rows = []
+    for case in CASES[:3]:
+        for skew in (False,):
+            logits = logits_for(case, skew)
+            routing = rm.route(logits, case.top_k)
+            tk = up[1](logits.to(torch.bfloat16), case.top_k) if up else None
+            x = torch.randn(case.tokens, case.hidden, device="cuda", dtype=torch.bfloat16)
+            for label, mode, k, n in case.gemms():
+                w = torch.randn(case.experts, k, n, device="cuda", dtype=torch.bfloat16) / k**0.5
+                a = x if mode == "gather" else torch.randn(routing.n_rows, k, device="cuda", dtype=torch.bfloat16)
+                flops = 2.0 * routing.n_rows * k * n
+                ref = rm.moe_matmul(a, w, routing, mode)
+                r = {"case": case.name, "gemm": label, "skew": skew, "ours_default_ms": ms(lambda: rm.moe_matmul(a, w, routing, mode))}
+                if up:
+                    rdata, gidx, sidx = tk
+                    call = (lambda: up[0](a, w, None, rdata, gather_indx=gidx)) if mode == "gather" else (lambda: up[0](a, w, None, rdata, scatter_indx=sidx, gammas=rdata.gate_scal))
+                    flags.clear(); call(); r["ogs_flags"] = flags[-1] if flags else None
+                    r["ogs_ms"] = ms(call)
+                for cfg in SWEEP:
+                    tile = rm.TileConfig(block_m=cfg[0], block_n=cfg[1], block_k=cfg[2], group_m=8, num_stages=cfg[3], num_warps=cfg[4])
+                    try:
+                        r[f"np {cfg}"] = ms(lambda: prepare(a, w, None, routing, mode, tile).run())
+                    except Exception as e:
+                        r[f"np {cfg}"] = f"{type(e).__name__}"
+                for cfg in PERS:
+                    for w_tma, x_tma, flat, ws in ((False, False, False, False), (True, False, False, False), (True, False, True, False), (True, False, True, True), (True, True, True, True), (True, True, True, False)):
+                        if x_tma and mode == "gather":
+                            continue
+                        name = f"p {cfg} wtma={int(w_tma)} xtma={int(x_tma)} flat={int(flat)} ws={int(ws)}"
+                        fn = lambda: launch_persistent(a, w, routing, mode, *cfg, w_tma, x_tma, flat, sms, ws)
+                        try:
+                            y = fn()
+                            err = float(((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
+                            r[name] = ms(fn) if err < 2e-2 else f"wrong {err:.3g}"
+                        except Exception as e:
+                            r[name] = f"{type(e).__name__}: {str(e)[:120]}"
+                best = min((v, kk) for kk, v in r.items() if isinstance(v, float) and kk not in ("ogs_ms",))
+                r["best"] = best
+                r["tflops"] = {kk: round(flops / v / 1e9) for kk, v in r.items() if isinstance(v, float)}
+                print(json.dumps(r), flush=True)
+                rows.append(r)
+                del w
+            torch.cuda.empty_cache()
+    json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(os.path.join(out_dir, "experiment-persistent-tma.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
