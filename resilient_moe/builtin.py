@@ -13,6 +13,7 @@ import triton
 from torch import Tensor
 
 from . import events, virtual
+from ._moe_details import smem
 from ._moe_details.launch import (
     BoundLaunch,
     Mode,
@@ -28,7 +29,7 @@ from .dispatch import Call, resolve
 from .policy import Policy, active_policy
 from .reference import moe_matmul_reference
 from .routing import Routing
-from .targets import placement
+from .targets import placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
 _TRITON = f"triton-{triton.__version__}"
@@ -88,7 +89,9 @@ def cache_key(
 
 
 def plan(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, arch: str, key: Key) -> Call:
-    """What the dispatcher needs for a miss: validated operands, the heuristic's default, event context."""
+    """What the dispatcher needs for a miss: validated operands, the heuristic's default, event context,
+    and what lets it step over a tile certain not to fit without compiling it (the kernel's lower bound
+    of its shared memory, the chip's limit)."""
     check_operands(x, w, bias, routing, mode)
     n_experts, k, n = w.shape
     return Call(
@@ -98,6 +101,8 @@ def plan(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode
         shape={"rows": routing.n_rows, "n": n, "k": k, "experts": n_experts, "top_k": routing.top_k},
         default=default_config(routing.n_rows, n, k, n_experts, x.dtype, arch),
         fields={"dtype": str(x.dtype).removeprefix("torch.")},
+        shared_lower_bound=smem.lower_bound(x, w, arch),
+        shared_limit=shared_limit(arch, x.device),
     )
 
 

@@ -118,7 +118,8 @@ def run() -> int:
         if hits:
             print(f"{name}: used the cache ({_tile(hits[0]['config'])}), no compile, no downgrade")
         for d in downgrades:
-            print(f"{name}: {_tile(d['from'])} needs {d['required']} B > {d['limit']} B -> downgraded to {_tile(d['to'])}")
+            known = " (known without compiling it)" if d.get("predicted") else ""
+            print(f"{name}: {_tile(d['from'])} needs {d['required']} B > {d['limit']} B -> downgraded to {_tile(d['to'])}{known}")
         for s in (e for e in mine if e["event"] == "tiling.selected"):
             print(f"{name}: selected {_tile(s['config'])} after {s['attempts']} attempt(s)")
     ok = error <= tolerance

@@ -1,8 +1,9 @@
 """How a call finds a tile that fits: try the default, catch OutOfResources, step down, record.
 
 The dispatcher knows nothing about any kernel: a backend hands it a key, its own default tile and an
-``attempt(config)`` that compiles and launches. Only ``triton.runtime.errors.OutOfResources`` is
-caught; every other error reaches the caller unchanged.
+``attempt(config)`` that compiles and launches, and may hand it a lower bound of a tile's shared
+memory with the chip's limit, so that a rung certain not to fit is stepped over without a compile.
+Only ``triton.runtime.errors.OutOfResources`` is caught; every other error reaches the caller unchanged.
 """
 
 from __future__ import annotations
@@ -25,18 +26,24 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Attempt:
-    """One config tried: ``resource`` and the byte counts are set when it did not fit."""
+    """One config tried: ``resource`` and the byte counts are set when it did not fit. ``predicted``:
+    not compiled, because the kernel's lower bound (then ``required``) is already over the limit."""
 
     config: TileConfig
     resource: str | None = None
     required: int | None = None
     limit: int | None = None
+    predicted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"config": self.config.as_dict()}
         if self.resource is not None:
-            out.update(resource=self.resource, required=self.required, limit=self.limit)
+            out.update(resource=self.resource, required=self.required, limit=self.limit, predicted=self.predicted)
         return out
+
+    def __str__(self) -> str:
+        at_least = "at least " if self.predicted else ""
+        return f"{self.config.as_dict()}: {self.resource} required {at_least}{self.required}, limit {self.limit}"
 
 
 class LadderExhaustedError(RuntimeError):
@@ -44,9 +51,7 @@ class LadderExhaustedError(RuntimeError):
 
     def __init__(self, kernel: str, arch: str, shape: dict[str, Any], attempts: tuple[Attempt, ...]) -> None:
         self.kernel, self.arch, self.shape, self.attempts = kernel, arch, shape, attempts
-        tried = "\n".join(
-            f"  {a.config.as_dict()}: {a.resource} required {a.required}, limit {a.limit}" for a in attempts
-        )
+        tried = "\n".join(f"  {a}" for a in attempts)
         super().__init__(
             f"{kernel} on {arch}, shape {shape}: no config fits after {len(attempts)} attempts "
             f"(loosen the policy's ladder floors or max_attempts, or set on_exhausted: reference)\n{tried}"
@@ -67,6 +72,8 @@ class Call:
     default: TileConfig  # the backend's own choice, before the policy's per-arch section
     fields: dict[str, Any] = field(default_factory=dict)  # extra context for events
     source: str = "runtime"  # recorded with the winner: "runtime", or "preflight" for a shipped cache
+    shared_lower_bound: Callable[[TileConfig], int] | None = None  # bytes a tile needs at least
+    shared_limit: int | None = None  # the chip's bytes per block; None: no rung is skipped uncompiled
 
 
 def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
@@ -108,30 +115,45 @@ def _climb(
     resource = None
     context = {"arch": call.arch, "kernel": call.kernel, "shape": call.shape, **call.fields}
     while True:
-        try:
-            result = attempt(config)
-        except OutOfResources as err:
-            tried.append(Attempt(config, err.name, err.required, err.limit))
-            if err.name != resource:  # a new kind of shortage: its own moves, from where we are
-                resource = err.name
-                pending = rungs(config, policy.ladder, policy.moves_for(err.name), pinned)
-            if not pending or len(tried) >= policy.ladder.max_attempts:
-                return _exhausted(call, tuple(tried), policy, cache, reference, context)
-            following = pending.pop(0)
-            events.downgrade(
-                **{"from": config.as_dict(), "to": following.as_dict()},
-                resource=err.name,
-                required=err.required,
-                limit=err.limit,
-                attempt=len(tried),
-                **context,
-            )
-            config = following
-            continue
-        tried.append(Attempt(config))
-        cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
-        events.selected(config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **context)
-        return result
+        failed = predicted_shortage(call, config, policy)
+        if failed is None:
+            try:
+                result = attempt(config)
+            except OutOfResources as err:
+                failed = Attempt(config, err.name, err.required, err.limit)
+            else:
+                tried.append(Attempt(config))
+                cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
+                events.selected(config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **context)
+                return result
+        tried.append(failed)
+        if failed.resource != resource:  # a new kind of shortage: its own moves, from where we are
+            resource = failed.resource
+            pending = rungs(config, policy.ladder, policy.moves_for(failed.resource), pinned)
+        if not pending or len(tried) >= policy.ladder.max_attempts:
+            return _exhausted(call, tuple(tried), policy, cache, reference, context)
+        following = pending.pop(0)
+        events.downgrade(
+            **{"from": config.as_dict(), "to": following.as_dict()},
+            resource=failed.resource,
+            required=failed.required,
+            limit=failed.limit,
+            attempt=len(tried),
+            predicted=failed.predicted,
+            **context,
+        )
+        config = following
+
+
+def predicted_shortage(call: Call, config: TileConfig, policy: Policy) -> Attempt | None:
+    """A shortage known without compiling: the kernel's lower bound is over the limit, so the compile
+    could only fail. Counted as an attempt like a real one, so the ladder lands on the same tile."""
+    if call.shared_lower_bound is None or call.shared_limit is None or not policy.ladder.skip_predicted:
+        return None
+    required = call.shared_lower_bound(config)
+    if required <= call.shared_limit:
+        return None
+    return Attempt(config, "shared memory", required, call.shared_limit, predicted=True)
 
 
 def _exhausted(

@@ -86,7 +86,8 @@ def configure_console(level: int = logging.INFO) -> None:
 
 
 def downgrade(**fields: Any) -> None:
-    """A config did not fit; the next rung is tried. Fields: from, to, resource, required, limit, attempt, arch, kernel, shape."""
+    """A config did not fit; the next rung is tried. Fields: from, to, resource, required, limit, attempt,
+    predicted (not compiled: the kernel's lower bound, then ``required``, is over the limit), arch, kernel, shape."""
     _log.warning("tiling.downgrade", **fields)
 
 

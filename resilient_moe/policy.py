@@ -51,6 +51,7 @@ class Ladder(_Frozen):
     min_num_warps: Annotated[int, Field(ge=1)] = 1
     factor: Annotated[int, Field(ge=2)] = 2
     max_attempts: Annotated[int, Field(ge=1, le=64)] = 12
+    skip_predicted: bool = True  # a rung the kernel's lower bound puts over the limit is not compiled
 
     @field_validator("order")
     @classmethod

@@ -77,6 +77,12 @@ class Case:
         """The start and the shared-memory ladder below it, in the order the dispatcher tries them."""
         return [self.start, *rungs(self.start, policy.ladder, policy.moves_for("shared memory"), self.pinned)]
 
+    def predicted(self, config: TileConfig, policy: Policy) -> bool:
+        """Whether the dispatcher steps over this tile without compiling it (its lower bound is over the limit)."""
+        from .dispatch import predicted_shortage
+
+        return predicted_shortage(self.call, config, policy) is not None
+
 
 def make_case(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy: Policy) -> Case:
     """Meta operands for ``tokens`` tokens, routed to every expert (no expert parallelism)."""
@@ -100,7 +106,8 @@ def make_case(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy:
 @dataclass(frozen=True)
 class Row:
     """Preflight's answer for one case. ``chosen`` is None when no rung fits (the call raises, or runs
-    the torch reference if the policy says so); ``cached`` when the cache file already held the key."""
+    the torch reference if the policy says so); ``cached`` when the cache file already held the key.
+    ``attempts`` counts the tiles the dispatcher tries, ``compiled`` those of them it compiles."""
 
     gemm: str
     mode: str
@@ -111,6 +118,7 @@ class Row:
     chosen: TileConfig | None
     chosen_bytes: int | None
     attempts: int
+    compiled: int
     cached: bool
     key: str
 
@@ -140,9 +148,14 @@ def settle(case: Case, policy: Policy, cache: TilingCache) -> Row:
             chosen: TileConfig | None = resolve(case.call, attempt, policy, cache, reference=lambda: None)
         except LadderExhaustedError:
             chosen = None
+    attempts = len(tried)
     for event in logs:
         if event["event"] == "cache.write_failed":
             raise OSError(f"cannot write {event['path']}: {event['error']}")
+        if event["event"] == "tiling.selected":
+            attempts = event["attempts"]
+        elif event["event"] == "tiling.exhausted":
+            attempts = len(event["attempts"])
     default = virtual.measure(case.job(case.start))
     return Row(
         gemm=case.gemm.name,
@@ -153,7 +166,8 @@ def settle(case: Case, policy: Policy, cache: TilingCache) -> Row:
         default_fits=default.error is None,
         chosen=chosen,
         chosen_bytes=None if chosen is None else virtual.measure(case.job(chosen)).shared,
-        attempts=len(tried),
+        attempts=attempts,
+        compiled=len(tried),
         cached=cached,
         key=key_text(case.key),
     )
@@ -190,12 +204,13 @@ class Compiler:
 
 
 def warm(cases: Sequence[Case], policy: Policy, compiler: Compiler) -> None:
-    """Compile every case's candidates in ladder order, in parallel, until one fits.
+    """Compile every case's candidates in ladder order, in parallel, until one fits; not those the
+    dispatcher steps over uncompiled.
 
     Each round gives every case still without a fitting tile its next ceil(processes / cases)
     candidates: the workers stay busy and little is compiled past the first fit. Only a warm-up:
     ``settle`` decides, and compiles anything this did not foresee (another resource's ladder)."""
-    left = {i: c.candidates(policy) for i, c in enumerate(cases)}
+    left = {i: [t for t in c.candidates(policy) if not c.predicted(t, policy)] for i, c in enumerate(cases)}
     while left:
         width = -(-compiler.processes // len(left))
         batch = {i: [cases[i].job(config) for config in ladder[:width]] for i, ladder in left.items()}
@@ -230,12 +245,14 @@ def run(
 
 @dataclass(frozen=True)
 class Step:
-    """One config of a ladder with its measured bytes; ``picked`` marks the dispatcher's choice."""
+    """One config of a ladder with its measured bytes; ``picked`` marks the dispatcher's choice,
+    ``predicted`` a tile it steps over without compiling."""
 
     config: TileConfig
     shared: int
     fits: bool
     picked: bool
+    predicted: bool
 
 
 def explain(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy: Policy, compiler: Compiler) -> list[Step]:
@@ -248,7 +265,9 @@ def explain(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy: P
     compiler.close()
     picked = settle(case, policy, TilingCache(None)).chosen
     measured = [virtual.measure(case.job(config)) for config in ladder]
-    return [Step(c, m.shared, m.error is None, c == picked) for c, m in zip(ladder, measured)]
+    return [
+        Step(c, m.shared, m.error is None, c == picked, case.predicted(c, policy)) for c, m in zip(ladder, measured)
+    ]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Iterable[int] = ()) -> str:
@@ -269,15 +288,19 @@ def _chosen(row: Row, policy: Policy) -> str:
 
 
 def _render_rows(rows: Sequence[Row], policy: Policy) -> str:
-    header = ("gemm", "mode", "tokens", "default tile", "default bytes", "fits?", "chosen tile", "chosen bytes", "attempts")
+    header = (
+        "gemm", "mode", "tokens", "default tile", "default bytes", "fits?", "chosen tile", "chosen bytes", "attempts",
+        "compiled",
+    )
     body = [
         (
             r.gemm, r.mode, r.tokens, str(r.default), r.default_bytes, "yes" if r.default_fits else "NO",
-            _chosen(r, policy), "-" if r.chosen_bytes is None else r.chosen_bytes, "cached" if r.cached else r.attempts,
+            _chosen(r, policy), "-" if r.chosen_bytes is None else r.chosen_bytes,
+            *(("cached", "-") if r.cached else (r.attempts, r.compiled)),
         )
         for r in rows
     ]
-    return table(header, body, right=(2, 4, 7, 8))
+    return table(header, body, right=(2, 4, 7, 8, 9))
 
 
 def _policy(args: argparse.Namespace) -> Policy:
@@ -356,7 +379,7 @@ def _explain_command(args: argparse.Namespace) -> int:
     body = [
         (
             "default" if i == 0 else f"rung {i}", str(s.config), s.shared, f"{100 * s.shared / limit:.0f}%",
-            "yes" if s.fits else "NO", "<- dispatcher picks" if s.picked else "",
+            "yes" if s.fits else "NO", _note(s),
         )
         for i, s in enumerate(steps)
     ]
@@ -365,6 +388,12 @@ def _explain_command(args: argparse.Namespace) -> int:
         _plot(steps, args.arch, args.plot)
         print(f"wrote {args.plot}")
     return 0 if any(s.picked for s in steps) else 1
+
+
+def _note(step: Step) -> str:
+    if step.picked:
+        return "<- dispatcher picks"
+    return "skipped uncompiled (lower bound over the limit)" if step.predicted else ""
 
 
 def _plot(steps: Sequence[Step], target: Chip, path: str) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 TARGET_ENV = "RESILIENT_MOE_TARGET"
 
@@ -75,6 +78,18 @@ class Placement:
     virtual: Chip | None
     interpreter: bool
 
+    @property
+    def shared_limit(self) -> int | None:
+        """Bytes of shared memory a block may use here: the virtual chip's, else the GPU's own (what its
+        driver reports, the number Triton checks), else None: the interpreter has no limit."""
+        if self.virtual is not None:
+            return self.virtual.max_shared_mem
+        if self.interpreter:
+            return None
+        from triton.runtime.driver import driver
+
+        return _device_shared_limit(driver.active.get_current_device())
+
 
 @functools.cache
 def placement() -> Placement:
@@ -87,6 +102,26 @@ def placement() -> Placement:
     if interpreter:
         return Placement("interpreter", None, True)
     return Placement(_active_arch(), None, False)
+
+
+def shared_limit(arch: str, device: torch.device) -> int | None:
+    """The limit a tile compiled for ``arch`` must fit, for operands on ``device``.
+
+    Operands on a GPU run in this process: its placement says (a virtual chip, or the driver's value).
+    Meta or CPU operands are compiled for ``arch``, not run on it (preflight, or a virtual chip under the
+    interpreter): the chip table's limit, or None for an arch it does not know (never skip a rung)."""
+    if device.type not in ("cpu", "meta") and (where := placement()).arch == arch:
+        return where.shared_limit
+    known = CHIPS.get(arch)
+    return None if known is None else known.max_shared_mem
+
+
+@functools.cache
+def _device_shared_limit(device: int) -> int:
+    """Read once per device: the driver call costs microseconds, and only a cache miss needs it."""
+    from triton.runtime.driver import driver
+
+    return driver.active.utils.get_device_properties(device)["max_shared_mem"]
 
 
 def _active_arch() -> str:

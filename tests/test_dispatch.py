@@ -16,8 +16,11 @@ from triton.compiler.errors import CompilationError
 import resilient_moe as rm
 from resilient_moe import events, virtual
 from resilient_moe._moe_details.launch import prepare
+from resilient_moe._moe_details.smem import lower_bound
 from resilient_moe.builtin import moe_matmul
+from resilient_moe.cache import default_cache
 from resilient_moe.ladder import rungs
+from resilient_moe.targets import chip
 
 
 def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, fits_calls) -> None:
@@ -39,7 +42,7 @@ def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, f
     first_fit = next(c for c, l in zip(ladder, launches) if virtual.measure(
         virtual.job_for(l.kernel, l.args, l.constexprs, "gfx950")).error is None)
     assert selected["config"] == first_fit.as_dict()
-    assert len(fits_calls) == len(downgrades) + 1
+    assert len(fits_calls) == len([d for d in downgrades if not d["predicted"]]) + 1
 
 
 def test_every_rung_out_of_resources_raises_ladder_exhausted(target) -> None:
@@ -90,7 +93,7 @@ def test_second_identical_call_hits_the_cache_and_compiles_nothing(target, fits_
     policy = policy_with("gfx950", OVER_GFX950)
     first = moe_matmul(x, w, routing, "gather", policy=policy)
     compiled = len(fits_calls)
-    assert compiled >= 2
+    assert compiled >= 1
     with events.capture() as logs:
         second = moe_matmul(x, w, routing, "gather", policy=policy)
     assert len(fits_calls) == compiled and logs == []
@@ -122,3 +125,68 @@ def test_fresh_process_reads_the_persisted_winner(target, cache_dir) -> None:
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['tiling.cache_hit'] 0"
+
+
+# Defaults whose first rungs the kernel's lower bound already puts over the chip's limit.
+PREDICTED_OVER = {
+    "gfx950": OVER_GFX950,  # s3: 196608 > 163840; s2 fits
+    "sm_90": {"block_m": 128, "block_n": 128, "block_k": 128, "num_stages": 5},  # s5, s4 over 232448; s3 fits
+}
+
+
+def _resolve(arch: str, skip_predicted: bool, fits_calls: list[str]) -> tuple[dict, list[dict], int, list[dict]]:
+    """One first call: the selected event, the downgrades, the compiles, the attempts the cache recorded."""
+    x, w, routing = problem()
+    policy = policy_with(arch, PREDICTED_OVER[arch], ladder={"skip_predicted": skip_predicted})
+    fits_calls.clear()
+    with events.capture() as logs:
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    (entry,) = [e for k, e in default_cache().entries().items() if policy.fingerprint in k]
+    return selected, [e for e in logs if e["event"] == "tiling.downgrade"], len(fits_calls), entry["attempts"]
+
+
+@pytest.mark.parametrize("arch", PREDICTED_OVER)
+def test_predicted_rungs_are_not_compiled_and_the_ladder_lands_on_the_same_tile(arch, target, fits_calls) -> None:
+    target(arch)
+    selected, downgrades, compiles, recorded = _resolve(arch, True, fits_calls)
+    plain, _, plain_compiles, plain_recorded = _resolve(arch, False, fits_calls)
+
+    assert selected["config"] == plain["config"] and selected["attempts"] == plain["attempts"]
+    skipped = [d for d in downgrades if d["predicted"]]
+    assert skipped and compiles == plain_compiles - len(skipped) == selected["attempts"] - len(skipped)
+    assert all(d["required"] > d["limit"] == chip(arch).max_shared_mem for d in skipped)
+    # The cache records every attempt, the predicted ones marked, with the same configs as without them.
+    assert [a["config"] for a in recorded] == [a["config"] for a in plain_recorded]
+    assert [a.get("predicted") for a in recorded][: len(skipped)] == [True] * len(skipped)
+
+
+def test_skip_predicted_off_compiles_every_rung_as_before(target, fits_calls) -> None:
+    target("gfx950")
+    selected, downgrades, compiles, recorded = _resolve("gfx950", False, fits_calls)
+    assert downgrades and not any(d["predicted"] for d in downgrades)
+    assert compiles == selected["attempts"] == len(downgrades) + 1
+    assert not any(a.get("predicted") for a in recorded)
+
+
+def test_a_rung_predicted_over_the_limit_is_never_compiled(target, monkeypatch) -> None:
+    target("gfx942")  # 64 KiB: 128x256x128 s3 needs 196608 bytes, 128x128x128 s3 131072
+    compiled: list[rm.TileConfig] = []
+    real = virtual.fits
+
+    def recording(kernel, args, constexprs, arch):
+        compiled.append(constexprs)
+        return real(kernel, args, constexprs, arch)
+
+    monkeypatch.setattr(virtual, "fits", recording)
+    x, w, routing = problem()
+    policy = policy_with("gfx942", OVER_GFX950, ladder={"order": ["block_n"], "min_block_n": 128})
+    with events.capture() as logs, pytest.raises(rm.LadderExhaustedError) as err:
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    assert compiled == []
+    attempts = err.value.attempts
+    assert [(a.config.block_n, a.predicted) for a in attempts] == [(256, True), (128, True)]
+    assert [a.required for a in attempts] == [lower_bound(x, w, "gfx942")(a.config) for a in attempts]
+    assert "required at least 196608, limit 65536" in str(err.value)
+    (exhausted,) = [e for e in logs if e["event"] == "tiling.exhausted"]
+    assert [a["predicted"] for a in exhausted["attempts"]] == [True, True]

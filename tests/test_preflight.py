@@ -75,6 +75,20 @@ def test_cache_written_by_preflight_spares_the_server_every_failing_compile(targ
     assert [e["event"] for e in logs] == ["tiling.cache_hit", "tiling.cache_hit"]
 
 
+def test_explain_marks_the_rungs_the_dispatcher_does_not_compile(tmp_path, capsys) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump({"version": 1, "arch": {"gfx950": {"default": OVER_GFX950}}}))
+    code = cli(
+        "explain", "--arch", "gfx950", "--m", str(T), "--n", str(N), "--k", str(K), "--experts", str(E),
+        "--top-k", str(TOP_K), "--dtype", "fp16", "--policy", str(policy_file), "--jobs", "2",
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[3].split()[:3] == ["default", "128x256x128", "s3"] and " NO " in lines[3]
+    assert lines[3].endswith("skipped uncompiled (lower bound over the limit)")
+    assert lines[4].split()[:4] == ["rung", "1", "128x256x128", "s2"] and lines[4].endswith("<- dispatcher picks")
+
+
 def test_write_cache_must_be_the_file_a_server_reads(tmp_path, capsys) -> None:
     code = cli("preflight", "--arch", "gfx950", "--model", "mixtral-8x7b", "--write-cache", str(tmp_path / "winners.json"))
     assert code == 2 and f"must be named {FILE_NAME}" in capsys.readouterr().err

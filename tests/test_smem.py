@@ -1,0 +1,110 @@
+"""The kernel's shared-memory lower bound against real compiles for virtual chips: never above the real
+bytes, exact where the ladder needs it, and never the reason a fitting tile is skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resilient_moe as rm
+from resilient_moe import virtual
+from resilient_moe._moe_details.launch import prepare
+from resilient_moe._moe_details.smem import lower_bound, vectorized_operands
+from resilient_moe.targets import chip
+
+TOKENS, EXPERTS, TOP_K = 64, 8, 2
+
+
+def tile(spec: str) -> rm.TileConfig:
+    """'128x256x64 s5 w8' -> TileConfig (group_m 8)."""
+    blocks, stages, warps = spec.split()
+    m, n, k = (int(v) for v in blocks.split("x"))
+    return rm.TileConfig(m, n, k, group_m=8, num_warps=int(warps[1:]), num_stages=int(stages[1:]))
+
+
+# (chip, tile, dtype, mode, bias, K): a few per chip, with the tiles at either side of its limit.
+CASES = [
+    ("sm_90", "128x256x64 s5 w8", torch.bfloat16, "gather", False, 1024),  # 245760 > 232448: the README's error
+    ("sm_90", "128x256x64 s4 w8", torch.bfloat16, "gather", False, 1024),  # 196608 fits
+    ("sm_90", "32x64x64 s3 w4", torch.float16, "scatter", True, 1024),  # block_m 32: no wgmma, num_stages - 1
+    ("sm_90", "64x64x32 s3 w4", torch.float32, "gather", False, 1024),
+    ("sm_90", "64x64x64 s3 w8", torch.bfloat16, "gather", False, 1000),  # K not a multiple of 16: X not counted
+    ("sm_90", "64x64x32 s3 w2", torch.bfloat16, "gather", False, 1024),  # 2 warps: no wgmma
+    ("sm_80", "128x256x64 s5 w8", torch.bfloat16, "gather", False, 1024),  # 196608 > 166912
+    ("sm_80", "128x256x64 s4 w8", torch.bfloat16, "scatter", False, 1024),  # 147456 fits
+    ("sm_80", "64x64x32 s1 w4", torch.float16, "gather", True, 1024),
+    ("gfx950", "256x256x64 s4 w8", torch.bfloat16, "gather", False, 1024),  # 196608 > 163840
+    ("gfx950", "256x64x64 s5 w8", torch.bfloat16, "gather", False, 1024),  # 163840: exactly the limit, fits
+    ("gfx950", "128x128x64 s1 w4", torch.float16, "scatter", True, 1024),  # one stage: bound 0
+    ("gfx950", "64x64x32 s2 w4", torch.float32, "gather", False, 1024),
+    ("gfx942", "128x128x64 s3 w8", torch.bfloat16, "gather", False, 1024),  # 65536: exactly the limit, fits
+    ("gfx942", "128x128x64 s4 w8", torch.bfloat16, "scatter", True, 1024),  # 98304 > 65536
+    ("gfx942", "16x64x32 s3 w8", torch.float16, "gather", False, 1024),  # X: 2 bytes a thread, not pipelined
+]
+
+
+def operands(dtype: torch.dtype, mode: str, bias: bool, k: int, n: int = 1024):
+    rows = TOKENS if mode == "gather" else TOKENS * TOP_K
+    x = torch.empty(rows, k, dtype=dtype, device="meta")
+    w = torch.empty(EXPERTS, k, n, dtype=dtype, device="meta")
+    b = torch.empty(EXPERTS, n, dtype=dtype, device="meta") if bias else None
+    return x, w, b, rm.route(torch.empty(TOKENS, EXPERTS, device="meta"), TOP_K)
+
+
+@pytest.fixture(scope="module")
+def measured() -> list[tuple[tuple, int, virtual.Compiled]]:
+    """Each case with its lower bound and its real compile (two worker processes)."""
+    jobs = {}
+    for case in CASES:
+        arch, spec, dtype, mode, bias, k = case
+        x, w, b, routing = operands(dtype, mode, bias, k)
+        launch = prepare(x, w, b, routing, mode, tile(spec))
+        jobs[virtual.job_for(launch.kernel, launch.args, launch.constexprs, arch)] = (case, lower_bound(x, w, arch)(tile(spec)))
+    results = dict(virtual.compile_many(jobs, processes=2))
+    return [(case, estimate, results[job]) for job, (case, estimate) in jobs.items()]
+
+
+def test_lower_bound_never_exceeds_the_real_bytes(measured) -> None:
+    for case, estimate, compiled in measured:
+        assert not isinstance(compiled, BaseException), (case, compiled)
+        assert estimate <= compiled.shared, (case, estimate, compiled.shared)
+
+
+def test_a_tile_that_fits_is_never_predicted_over_the_limit(measured) -> None:
+    for case, estimate, compiled in measured:
+        limit = chip(case[0]).max_shared_mem
+        assert (compiled.error is None) == (compiled.shared <= limit)
+        if compiled.error is None:
+            assert estimate <= limit, case
+
+
+@pytest.mark.parametrize(
+    ("arch", "spec", "expected"),
+    [
+        ("sm_90", "128x256x64 s5 w8", 245760),  # 5 stages x (128x64 + 64x256) x 2 bytes
+        ("sm_80", "128x256x64 s5 w8", 196608),  # 4 buffers
+        ("gfx950", "256x256x64 s4 w8", 196608),  # 3 buffers of 65536
+        ("gfx950", "256x64x64 s5 w8", 163840),  # the limit itself
+        ("gfx942", "128x128x64 s3 w8", 65536),  # the limit itself
+        ("gfx942", "128x128x64 s4 w8", 98304),
+    ],
+)
+def test_exact_where_the_ladder_decides(measured, arch, spec, expected) -> None:
+    estimate, compiled = next((e, c) for case, e, c in measured if case[:2] == (arch, spec))
+    assert estimate == compiled.shared == expected
+
+
+def test_rows_the_jit_cannot_prove_aligned_are_not_counted() -> None:
+    x, w, _, _ = operands(torch.bfloat16, "gather", False, k=1000)
+    assert vectorized_operands(x, w) == (False, True)  # X's row stride 1000; W's rows are N = 1024 long
+    assert vectorized_operands(*operands(torch.bfloat16, "gather", False, k=1024, n=1000)[:2]) == (True, False)
+    x, w, _, _ = operands(torch.bfloat16, "gather", False, k=1024)
+    assert vectorized_operands(x, w.transpose(1, 2).contiguous().transpose(1, 2)) == (True, True)  # [E, N, K] storage
+    shifted = torch.empty(TOKENS, 1040, dtype=torch.bfloat16)[:, 4:1028]  # rows start 8 bytes past 16
+    assert vectorized_operands(shifted, w) == (False, True)
+
+
+def test_unknown_targets_have_no_estimate() -> None:
+    x, w, _, _ = operands(torch.bfloat16, "gather", False, 1024)
+    for arch in ("sm_100", "interpreter", "cpu"):
+        assert lower_bound(x, w, arch)(tile("256x256x64 s5 w8")) == 0
