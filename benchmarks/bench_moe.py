@@ -127,21 +127,35 @@ def _winner_of(mode: str, k: int, n: int, case: Case) -> list[dict[str, int]]:
 
 
 def section_overhead(out: Path) -> None:
-    """Host time of a cached call against the same launch without the dispatcher, and graph capture."""
+    """Host time of a cached call against launching the same compiled kernel directly, and graph capture."""
     import resilient_moe as rm
     from resilient_moe._moe_details.launch import prepare
     from resilient_moe.cache import default_cache
 
     case = CASES[3]
-    routing = rm.route(logits_for(case, False), case.top_k)
+    logits = logits_for(case, False)
+    routing = rm.route(logits, case.top_k)
     x = torch.randn(case.tokens, case.hidden, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(case.experts, case.hidden, case.ffn2, device="cuda", dtype=torch.bfloat16) / 100
-    rm.moe_matmul(x, w, routing, "gather")
+    for _ in range(3):  # resolve, then bind
+        rm.moe_matmul(x, w, routing, "gather")
     (config,) = [c for c in default_cache().memory.values()]
     launch = prepare(x, w, None, routing, "gather", config)
-    launch.run()
+    compiled = launch.launch()
+    everything = (*launch.args, *(launch.constexprs[n] for n in launch.kernel.arg_names[len(launch.args):]))
+    paths: dict[str, Callable[[], Any]] = {
+        "jit_launch": lambda: launch.kernel[launch.grid](*launch.args, **launch.constexprs),
+        "compiled_launch": lambda: compiled[(launch.grid[0], 1, 1)](*everything),
+        "prepare_and_jit_launch": lambda: prepare(x, w, None, routing, "gather", config).run(),
+        "moe_matmul_cached": lambda: rm.moe_matmul(x, w, routing, "gather"),
+    }
+    up = upstream()
+    if up:
+        rdata, gidx, _ = up[1](logits.to(torch.bfloat16), case.top_k)
+        up[0](x, w, None, rdata, gather_indx=gidx)
+        paths["upstream_matmul_ogs"] = lambda: up[0](x, w, None, rdata, gather_indx=gidx)
 
-    def host_us(fns: dict[str, Callable[[], Any]], n: int = 1000) -> dict[str, float]:
+    def host_us(fns: dict[str, Callable[[], Any]], n: int = 2000) -> dict[str, float]:
         """Median host time of each call, measured round-robin so drift hits all of them alike."""
         samples: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(n):
@@ -152,14 +166,10 @@ def section_overhead(out: Path) -> None:
                 samples[name].append(time.perf_counter() - t0)
         return {name: sorted(s)[len(s) // 2] * 1e6 for name, s in samples.items()}
 
-    timed = host_us({
-        "host_us_raw_launch": lambda: launch.kernel[launch.grid](*launch.args, **launch.constexprs),
-        "host_us_prepare_and_launch": lambda: prepare(x, w, None, routing, "gather", config).run(),
-        "host_us_moe_matmul_cached": lambda: rm.moe_matmul(x, w, routing, "gather"),
-        "python_dict_lookup_us": lambda: default_cache().memory.get(("k",)),
-    })
-    result = {"device": torch.cuda.get_device_name(), "shape": asdict(case), "config": config.as_dict(), **timed}
-    result["dispatcher_extra_us"] = result["host_us_moe_matmul_cached"] - result["host_us_prepare_and_launch"]
+    host = host_us(paths)
+    result = {"device": torch.cuda.get_device_name(), "shape": asdict(case), "config": config.as_dict(),
+              "host_us": host, "extra_us_vs_jit_launch": host["moe_matmul_cached"] - host["jit_launch"],
+              "extra_us_vs_compiled_launch": host["moe_matmul_cached"] - host["compiled_launch"]}
 
     eager = rm.moe_matmul(x, w, routing, "gather")
     stream = torch.cuda.Stream()
@@ -197,7 +207,7 @@ def section_recovery(out: Path) -> None:
     from resilient_moe.targets import placement
 
     arch = placement().arch
-    ladders = {"plain": {}, "num_stages_first": {"ladder": {"order": ["num_stages", "block_n", "block_m"]}}}
+    ladders = {"plain": {"ladder": {"order": ["block_n", "block_m", "num_stages"]}}, "num_stages_first": {}}
     policies = {name: parse_policy({"version": 1, "arch": {arch: {"default": OVER_LIMIT}}, **extra})
                 for name, extra in ladders.items()}
     rows = []
@@ -244,11 +254,11 @@ def section_recovery(out: Path) -> None:
 
 
 RESTART_SCRIPT = """
-import time, torch, resilient_moe as rm
+import sys, time, torch, resilient_moe as rm
 from resilient_moe.policy import parse_policy
 from resilient_moe.targets import placement
-t0 = time.perf_counter()
-policy = parse_policy({"version": 1, "arch": {placement().arch: {"default": %r}}})
+default, skip = eval(sys.argv[1]), sys.argv[2] == "1"
+policy = parse_policy({"version": 1, "ladder": {"skip_predicted": skip}, "arch": {placement().arch: {"default": default}}})
 g = torch.Generator(device="cuda").manual_seed(0)
 routing = rm.route(torch.randn(4096, 128, device="cuda", generator=g), 4)
 x = torch.randn(4096, 2880, device="cuda", dtype=torch.bfloat16)
@@ -258,22 +268,30 @@ t1 = time.perf_counter()
 rm.moe_matmul(x, w, routing, "gather", policy=policy)
 torch.cuda.synchronize()
 print(time.perf_counter() - t1)
-""" % (OVER_LIMIT,)
+"""
 
 
 def section_restart(out: Path) -> None:
-    """First-call time in fresh processes: recovering from scratch vs. reading the persisted winner."""
-    with tempfile.TemporaryDirectory() as cache_dir:
-        env = {**os.environ, "RESILIENT_MOE_CACHE_DIR": cache_dir}
-        run = lambda: float(subprocess.run([sys.executable, "-c", RESTART_SCRIPT], env=env, check=True,
-                                           capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        cold = run()  # Triton's own disk cache may be cold: compiles of the failing rungs and the winner
-        Path(cache_dir, "tiling-v1.json").unlink()
-        no_cache = run()  # Triton's disk cache warm, our cache empty: failing rungs are attempted again
-        with_cache = run()  # our cache holds the winner: no failing rung is attempted
-    result = {"device": torch.cuda.get_device_name(), "case": "gpt-oss-120b up", "forced_default": OVER_LIMIT,
-              "first_call_s_cold": cold, "first_call_s_restart_without_our_cache": no_cache,
-              "first_call_s_restart_with_our_cache": with_cache}
+    """First-call time of a recovering process: compiling the failing rungs, skipping them by the
+    shared-memory estimate, and reading the persisted winner. Fresh Triton and tiling caches per ladder."""
+    rows = {}
+    for skip in (False, True):
+        with tempfile.TemporaryDirectory() as cache_dir, tempfile.TemporaryDirectory() as triton_dir:
+            env = {**os.environ, "RESILIENT_MOE_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": triton_dir}
+
+            def first_call() -> float:
+                done = subprocess.run([sys.executable, "-c", RESTART_SCRIPT, repr(OVER_LIMIT), str(int(skip))],
+                                      env=env, check=True, capture_output=True, text=True)
+                return float(done.stdout.strip().splitlines()[-1])
+
+            cold = first_call()  # Triton's disk cache cold: every compiled rung is compiled
+            Path(cache_dir, "tiling-v1.json").unlink()
+            warm = first_call()  # Triton's disk cache warm, our cache empty: the ladder is climbed again
+            cached = first_call()  # our cache holds the winner: no failing rung is attempted
+            rows["skip_predicted" if skip else "compile_every_rung"] = {
+                "first_call_s_cold": cold, "first_call_s_restart_without_our_cache": warm,
+                "first_call_s_restart_with_our_cache": cached}
+    result = {"device": torch.cuda.get_device_name(), "case": "gpt-oss-120b up", "forced_default": OVER_LIMIT, **rows}
     print(json.dumps(result, indent=1))
     (out / "restart.json").write_text(json.dumps(result, indent=1))
 

@@ -27,20 +27,28 @@ def kernel(folder: Path) -> None:
 
 
 def overhead(folder: Path) -> None:
-    d = load(folder, "overhead-h100.json")
-    g = d["cuda_graph"]
-    print(f"\n### 2. Dispatcher cost ({d['device']}, deepseek-v3 decode up-projection, host time per call, median of 1000)\n")
+    d = load(folder, "overhead-h200.json")
+    h, g = d["host_us"], d["cuda_graph"]
+    print(f"\n### 2. Host cost of a call ({d['device']}, deepseek-v3 decode up-projection, median of 2000, "
+          "GPU idle before each call)\n")
     print("| path | host us |\n|---|---|")
-    print(f"| raw Triton launch of the compiled kernel (`kernel[grid](*args)`) | {d['host_us_raw_launch']:.1f} |")
-    print(f"| `prepare(...).run()`: validation, output allocation, launch (no dispatcher) | {d['host_us_prepare_and_launch']:.1f} |")
-    print(f"| `moe_matmul(...)`, cached winner | {d['host_us_moe_matmul_cached']:.1f} |")
-    print(f"| **dispatcher's own cost** (cached call minus prepare+launch) | **{d['dispatcher_extra_us']:.1f}** |")
-    print(f"\nCUDA graph: captured {g['captured']}, replay equals eager {g['replay_equals_eager']}, "
-          f"replay {g['replay_ms']:.3f} ms vs eager {g['eager_ms']:.3f} ms.")
+    rows = [
+        ("Triton JIT launch of the compiled kernel (`kernel[grid](*args, **constexprs)`)", "jit_launch"),
+        ("the compiled kernel's own launcher, arguments prepared beforehand (`compiled[grid](*args)`)", "compiled_launch"),
+        ("`prepare(...).run()`: validation, output allocation, JIT launch", "prepare_and_jit_launch"),
+        ("**`moe_matmul(...)`, cached** (operand key, lookup, allocation, bound launch)", "moe_matmul_cached"),
+        ("upstream `matmul_ogs` v3.5.1, same shape", "upstream_matmul_ogs"),
+    ]
+    for label, key in rows:
+        if key in h:
+            print(f"| {label} | {h[key]:.1f} |")
+    print(f"\nCached call minus JIT launch: **{d['extra_us_vs_jit_launch']:+.1f} us**; minus the compiled kernel's "
+          f"own launcher: {d['extra_us_vs_compiled_launch']:+.1f} us. CUDA graph: captured {g['captured']}, replay "
+          f"equals eager {g['replay_equals_eager']}, replay {g['replay_ms']:.3f} ms vs eager {g['eager_ms']:.3f} ms.")
 
 
 def recovery(folder: Path) -> None:
-    d = load(folder, "recovery-h100.json")
+    d = load(folder, "recovery-h200.json")
     f = d["forced_default"]
     print(f"\n### 3. Recovery quality ({d['device']}; default forced to {f['block_m']}x{f['block_n']}x{f['block_k']} "
           f"s{f['num_stages']} w{f['num_warps']}, 245760 B > 232448)\n")
@@ -51,10 +59,14 @@ def recovery(folder: Path) -> None:
         p, s = r["ladders"]["plain"], r["ladders"]["num_stages_first"]
         print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} | {r['best']['tflops']:.0f} | {tile(p['landed'])} | "
               f"{p['landed_vs_best']:.2f} | {tile(s['landed'])} | {s['landed_vs_best']:.2f} |")
-    r = load(folder, "restart-h100.json")
-    print(f"\nFirst call of a recovering process ({r['case']}): cold {r['first_call_s_cold']:.2f} s; restart, Triton's disk "
-          f"cache warm but ours empty {r['first_call_s_restart_without_our_cache']:.2f} s; restart with our cache "
-          f"{r['first_call_s_restart_with_our_cache']:.2f} s (no failing rung attempted).")
+    r = load(folder, "restart-h200.json")
+    print(f"\nFirst call of a recovering process ({r['case']}, seconds):\n")
+    print("| ladder | cold (Triton and tiling caches empty) | restart, Triton cache warm, tiling cache empty | restart with the tiling cache |")
+    print("|---|---|---|---|")
+    for name, label in (("compile_every_rung", "compile every rung"), ("skip_predicted", "skip rungs the estimate rules out (default)")):
+        row = r[name]
+        print(f"| {label} | {row['first_call_s_cold']:.2f} | {row['first_call_s_restart_without_our_cache']:.2f} | "
+              f"{row['first_call_s_restart_with_our_cache']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -114,14 +114,15 @@ def test_fresh_process_reads_the_persisted_winner(target, cache_dir) -> None:
         virtual.fits = lambda *a: calls.append(a) or real(*a)
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(0)
-        x = torch.randn({T}, {K}, generator=g, dtype=torch.float16)
-        w = (torch.randn({E}, {K}, {N}, generator=g) / 8).to(torch.float16)
-        routing = rm.route(torch.randn({T}, {E}, generator=g), {TOP_K})
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        x = torch.randn({T}, {K}, generator=g, dtype=torch.float16).to(device)
+        w = (torch.randn({E}, {K}, {N}, generator=g) / 8).to(device, torch.float16)
+        routing = rm.route(torch.randn({T}, {E}, generator=g).to(device), {TOP_K})
         with events.capture() as logs:
             rm.moe_matmul(x, w, routing, "gather", policy=rm.load_policy({str(policy_file)!r}))
         print([e["event"] for e in logs], len(calls))
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "RESILIENT_MOE_TARGET": "gfx950", "RESILIENT_MOE_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "RESILIENT_MOE_TARGET": "gfx950", "RESILIENT_MOE_CACHE_DIR": str(cache_dir)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['tiling.cache_hit'] 0"
