@@ -12,21 +12,7 @@ import json, os, sys
 import torch, triton, triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-
-@triton.jit
-def _tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = t // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (t % num_pid_in_group) % group_size_m
-    pid_n = (t % num_pid_in_group) // group_size_m
-    expert = tl.sum((m_tiles_end <= pid_m).to(tl.int32), axis=0)
-    is_expert = experts == expert
-    first_tile = tl.sum(tl.where(is_expert, m_tiles_end - m_tiles, 0), axis=0)
-    row_start = tl.sum(tl.where(is_expert, row_lo, 0), axis=0) + (pid_m - first_tile) * BLOCK_M
-    row_end = tl.sum(tl.where(is_expert, row_hi, 0), axis=0)
-    return expert, pid_n, row_start, row_end
+from resilient_moe._moe_details._kernel import tile_of
 
 
 @triton.jit
@@ -47,7 +33,7 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
     k_tiles = tl.cdiv(K, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
     for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=FLATTEN, warp_specialize=WS):
-        expert, pid_n, row_start, row_end = _tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
+        expert, pid_n, row_start, row_end = tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
         rows = row_start + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
         if SCATTER:

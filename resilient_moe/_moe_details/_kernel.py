@@ -9,6 +9,29 @@ import triton.language as tl
 
 
 @triton.jit
+def tile_of(
+    t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr
+):
+    """Tile ``t`` of the grid as (expert, n-tile, first row, end of the expert's rows).
+
+    Swizzled so GROUP_M m-tiles (sharing W columns) sweep all n-tiles (sharing X rows) together.
+    """
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = t // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (t % num_pid_in_group) % group_size_m
+    pid_n = (t % num_pid_in_group) // group_size_m
+
+    expert = tl.sum((m_tiles_end <= pid_m).to(tl.int32), axis=0)
+    is_expert = experts == expert
+    first_tile = tl.sum(tl.where(is_expert, m_tiles_end - m_tiles, 0), axis=0)
+    row_start = tl.sum(tl.where(is_expert, row_lo, 0), axis=0) + (pid_m - first_tile) * BLOCK_M
+    row_end = tl.sum(tl.where(is_expert, row_hi, 0), axis=0)
+    return expert, pid_n, row_start, row_end
+
+
+@triton.jit
 def _moe_matmul_kernel(
     X,
     W,
@@ -58,19 +81,9 @@ def _moe_matmul_kernel(
     if pid >= num_pid_m * num_pid_n:
         return
 
-    # Swizzle so GROUP_M m-tiles (sharing W columns) sweep all n-tiles (sharing X rows) together.
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-    pid_n = (pid % num_pid_in_group) // group_size_m
-
-    expert = tl.sum((m_tiles_end <= pid_m).to(tl.int32), axis=0)
-    is_expert = experts == expert
-    first_tile = tl.sum(tl.where(is_expert, m_tiles_end - m_tiles, 0), axis=0)
-    row_start = tl.sum(tl.where(is_expert, row_lo, 0), axis=0) + (pid_m - first_tile) * BLOCK_M
-    row_end = tl.sum(tl.where(is_expert, row_hi, 0), axis=0)
+    expert, pid_n, row_start, row_end = tile_of(
+        pid, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M
+    )
 
     rows = row_start + tl.arange(0, BLOCK_M)
     row_mask = rows < row_end
