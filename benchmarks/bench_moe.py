@@ -19,7 +19,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from triton.testing import do_bench
@@ -68,54 +69,84 @@ def upstream() -> Any | None:
     return matmul_ogs, routing
 
 
+@dataclass(frozen=True)
+class Gemm:
+    """One GEMM of a case on the GPU: our routing, its operands, and upstream's routing when it imports."""
+
+    case: Case
+    skew: bool
+    label: str
+    mode: str
+    k: int
+    n: int
+    routing: Any
+    x: torch.Tensor
+    w: torch.Tensor
+    upstream_routing: tuple[Any, Any, Any] | None
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.routing.n_rows * self.k * self.n
+
+    def upstream_call(self, matmul_ogs: Callable[..., Any]) -> Callable[[], Any]:
+        """matmul_ogs on the same operands: gather fused into the up-projection, gamma-weighted scatter into the down."""
+        rdata, gather, scatter = self.upstream_routing
+        if self.mode == "gather":
+            return lambda: matmul_ogs(self.x, self.w, None, rdata, gather_indx=gather)
+        return lambda: matmul_ogs(self.x, self.w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
+
+
+def gemms(cases: list[Case], skews: tuple[bool, ...], up: Any | None) -> Iterator[Gemm]:
+    """Every GEMM of ``cases`` under each routing, one at a time (the weights of a case are gigabytes)."""
+    import resilient_moe as rm
+
+    for case in cases:
+        for skew in skews:
+            logits = logits_for(case, skew)
+            routing = rm.route(logits, case.top_k)
+            upstream_routing = up[1](logits.to(torch.bfloat16), case.top_k) if up else None
+            x = torch.randn(case.tokens, case.hidden, device="cuda", dtype=torch.bfloat16)
+            for label, mode, k, n in case.gemms():
+                w = torch.randn(case.experts, k, n, device="cuda", dtype=torch.bfloat16) / k**0.5
+                a = x if mode == "gather" else torch.randn(routing.n_rows, k, device="cuda", dtype=torch.bfloat16)
+                yield Gemm(case, skew, label, mode, k, n, routing, a, w, upstream_routing)
+                del w, a
+            torch.cuda.empty_cache()
+
+
 def section_kernel(out: Path) -> None:
     import resilient_moe as rm
 
     up = upstream()
     rows: list[dict[str, Any]] = []
-    for case in CASES:
-        for skew in (False, True):
-            logits = logits_for(case, skew)
-            routing = rm.route(logits, case.top_k)
-            tk = up[1](logits.to(torch.bfloat16), case.top_k) if up else None
-            x = torch.randn(case.tokens, case.hidden, device="cuda", dtype=torch.bfloat16)
-            for label, mode, k, n in case.gemms():
-                w = torch.randn(case.experts, k, n, device="cuda", dtype=torch.bfloat16) / k**0.5
-                a = x if mode == "gather" else torch.randn(routing.n_rows, k, device="cuda", dtype=torch.bfloat16)
-                flops = 2.0 * routing.n_rows * k * n
-                experts_hit = int((routing.expert_offsets[1:] > routing.expert_offsets[:-1]).sum())
-                weight_bytes = experts_hit * k * n * 2
-                row = {"case": case.name, "gemm": label, "mode": mode, "skew": skew, "rows": routing.n_rows,
-                       "k": k, "n": n, "experts_hit": experts_hit, "flops": flops, "weight_bytes": weight_bytes}
-                rm.moe_matmul(a, w, routing, mode)  # resolve and cache the default tile
-                row["ours_tile"] = _winner_of(mode, k, n, case)
-                row["ours_ms"] = ms(lambda: rm.moe_matmul(a, w, routing, mode))
-                gathered = a[routing.gather_idx.long()] if mode == "gather" else a
-                offs = routing.expert_offsets[1:].contiguous()
-                w_cm = w.transpose(1, 2).contiguous().transpose(1, 2)
-                try:
-                    row["grouped_mm_ms"] = ms(lambda: torch._grouped_mm(gathered, w_cm, offs=offs))
-                except Exception as err:  # recorded: a peer that cannot run a case is a result too
-                    row["grouped_mm_error"] = f"{type(err).__name__}: {err}"[:300]
-                del w_cm
-                if up:
-                    rdata, gidx, sidx = tk
-                    if mode == "gather":
-                        call = lambda: up[0](a, w, None, rdata, gather_indx=gidx)
-                    else:
-                        call = lambda: up[0](a, w, None, rdata, scatter_indx=sidx, gammas=rdata.gate_scal)
-                    try:
-                        row["matmul_ogs_ms"] = ms(call)
-                    except Exception as err:
-                        row["matmul_ogs_error"] = f"{type(err).__name__}: {err}"[:300]
-                for peer in ("ours", "grouped_mm", "matmul_ogs"):
-                    if f"{peer}_ms" in row:
-                        row[f"{peer}_tflops"] = flops / row[f"{peer}_ms"] / 1e9
-                        row[f"{peer}_weight_gbps"] = weight_bytes / row[f"{peer}_ms"] / 1e6
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                del w
-            torch.cuda.empty_cache()
+    for g in gemms(CASES, (False, True), up):
+        routing, a, w, mode, k, n, flops = g.routing, g.x, g.w, g.mode, g.k, g.n, g.flops
+        experts_hit = int((routing.expert_offsets[1:] > routing.expert_offsets[:-1]).sum())
+        weight_bytes = experts_hit * k * n * 2
+        row = {"case": g.case.name, "gemm": g.label, "mode": mode, "skew": g.skew, "rows": routing.n_rows,
+               "k": k, "n": n, "experts_hit": experts_hit, "flops": flops, "weight_bytes": weight_bytes}
+        rm.moe_matmul(a, w, routing, mode)  # resolve and cache the default tile
+        row["ours_tile"] = _winner_of(mode, k, n, g.case)
+        row["ours_ms"] = ms(lambda: rm.moe_matmul(a, w, routing, mode))
+        gathered = a[routing.gather_idx.long()] if mode == "gather" else a
+        offs = routing.expert_offsets[1:].contiguous()
+        w_cm = w.transpose(1, 2).contiguous().transpose(1, 2)
+        try:
+            row["grouped_mm_ms"] = ms(lambda: torch._grouped_mm(gathered, w_cm, offs=offs))
+        except Exception as err:  # recorded: a peer that cannot run a case is a result too
+            row["grouped_mm_error"] = f"{type(err).__name__}: {err}"[:300]
+        del w_cm, gathered
+        if up:
+            try:
+                row["matmul_ogs_ms"] = ms(g.upstream_call(up[0]))
+            except Exception as err:
+                row["matmul_ogs_error"] = f"{type(err).__name__}: {err}"[:300]
+        for peer in ("ours", "grouped_mm", "matmul_ogs"):
+            if f"{peer}_ms" in row:
+                row[f"{peer}_tflops"] = flops / row[f"{peer}_ms"] / 1e9
+                row[f"{peer}_weight_gbps"] = weight_bytes / row[f"{peer}_ms"] / 1e6
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     (out / "kernel.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
 
 

@@ -12,7 +12,7 @@ import json, os, sys
 import torch, triton, triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from resilient_moe._moe_details._kernel import tile_of
+from resilient_moe._moe_details._kernel import expert_tiles, source_rows, store_tile, tile_of
 
 
 @triton.jit
@@ -21,13 +21,7 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                 EXPERTS_POW2: tl.constexpr, SCATTER: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
                 W_TMA: tl.constexpr, X_TMA: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr = False):
-    experts = tl.arange(0, EXPERTS_POW2)
-    in_range = experts < n_experts
-    row_lo = tl.load(ExpertOffsets + experts, mask=in_range, other=0)
-    row_hi = tl.load(ExpertOffsets + experts + 1, mask=in_range, other=0)
-    m_tiles = (row_hi - row_lo + BLOCK_M - 1) // BLOCK_M
-    m_tiles_end = tl.cumsum(m_tiles, axis=0)
-    num_pid_m = tl.sum(m_tiles, axis=0)
+    experts, row_lo, row_hi, m_tiles, m_tiles_end, num_pid_m = expert_tiles(ExpertOffsets, n_experts, BLOCK_M, EXPERTS_POW2)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -36,10 +30,7 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
         expert, pid_n, row_start, row_end = tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
         rows = row_start + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
-        if SCATTER:
-            x_rows = tl.where(row_mask, rows, row_start)
-        else:
-            x_rows = tl.load(GatherIdx + rows, mask=row_mask, other=0)
+        x_rows = source_rows(rows, row_mask, row_start, GatherIdx, SCATTER)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         x_ptrs = X + x_rows.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
         w_ptrs = W + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
@@ -56,14 +47,7 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
             acc = tl.dot(x, w, acc)
             x_ptrs += BLOCK_K * stride_xk
             w_ptrs += BLOCK_K * stride_wk
-        if SCATTER:
-            y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
-            gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
-            acc *= gamma[:, None]
-        else:
-            y_rows = rows
-        y_ptrs = Y + y_rows.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
-        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & (offs_n < N)[None, :])
+        store_tile(Y, acc, rows, row_mask, offs_n, offs_n < N, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER)
 
 
 def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False):
@@ -84,11 +68,11 @@ def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_t
 
 def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import torch, triton
+    import torch
     from triton.testing import do_bench
     import resilient_moe as rm
     from resilient_moe._moe_details.launch import prepare
-    from bench_moe import CASES, logits_for, upstream
+    from bench_moe import CASES, gemms, upstream
 
     out_dir = sys.argv[1]
     ms = lambda fn: float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
@@ -104,48 +88,37 @@ def main() -> None:
     SWEEP = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8), (64, 256, 64, 4, 4), (128, 128, 64, 4, 4), (128, 256, 128, 2, 8)]
     PERS = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8)]
     rows = []
-    for case in CASES[:3]:
-        for skew in (False,):
-            logits = logits_for(case, skew)
-            routing = rm.route(logits, case.top_k)
-            tk = up[1](logits.to(torch.bfloat16), case.top_k) if up else None
-            x = torch.randn(case.tokens, case.hidden, device="cuda", dtype=torch.bfloat16)
-            for label, mode, k, n in case.gemms():
-                w = torch.randn(case.experts, k, n, device="cuda", dtype=torch.bfloat16) / k**0.5
-                a = x if mode == "gather" else torch.randn(routing.n_rows, k, device="cuda", dtype=torch.bfloat16)
-                flops = 2.0 * routing.n_rows * k * n
-                ref = rm.moe_matmul(a, w, routing, mode)
-                r = {"case": case.name, "gemm": label, "skew": skew, "ours_default_ms": ms(lambda: rm.moe_matmul(a, w, routing, mode))}
-                if up:
-                    rdata, gidx, sidx = tk
-                    call = (lambda: up[0](a, w, None, rdata, gather_indx=gidx)) if mode == "gather" else (lambda: up[0](a, w, None, rdata, scatter_indx=sidx, gammas=rdata.gate_scal))
-                    flags.clear(); call(); r["ogs_flags"] = flags[-1] if flags else None
-                    r["ogs_ms"] = ms(call)
-                for cfg in SWEEP:
-                    tile = rm.TileConfig(block_m=cfg[0], block_n=cfg[1], block_k=cfg[2], group_m=8, num_stages=cfg[3], num_warps=cfg[4])
-                    try:
-                        r[f"np {cfg}"] = ms(lambda: prepare(a, w, None, routing, mode, tile).run())
-                    except Exception as e:
-                        r[f"np {cfg}"] = f"{type(e).__name__}"
-                for cfg in PERS:
-                    for w_tma, x_tma, flat, ws in ((False, False, False, False), (True, False, False, False), (True, False, True, False), (True, False, True, True), (True, True, True, True), (True, True, True, False)):
-                        if x_tma and mode == "gather":
-                            continue
-                        name = f"p {cfg} wtma={int(w_tma)} xtma={int(x_tma)} flat={int(flat)} ws={int(ws)}"
-                        fn = lambda: launch_persistent(a, w, routing, mode, *cfg, w_tma, x_tma, flat, sms, ws)
-                        try:
-                            y = fn()
-                            err = float(((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
-                            r[name] = ms(fn) if err < 2e-2 else f"wrong {err:.3g}"
-                        except Exception as e:
-                            r[name] = f"{type(e).__name__}: {str(e)[:120]}"
-                best = min((v, kk) for kk, v in r.items() if isinstance(v, float) and kk not in ("ogs_ms",))
-                r["best"] = best
-                r["tflops"] = {kk: round(flops / v / 1e9) for kk, v in r.items() if isinstance(v, float)}
-                print(json.dumps(r), flush=True)
-                rows.append(r)
-                del w
-            torch.cuda.empty_cache()
+    for g in gemms(CASES[:3], (False,), up):
+        routing, a, w, mode = g.routing, g.x, g.w, g.mode
+        ref = rm.moe_matmul(a, w, routing, mode)
+        r = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "ours_default_ms": ms(lambda: rm.moe_matmul(a, w, routing, mode))}
+        if up:
+            call = g.upstream_call(up[0])
+            flags.clear(); call(); r["ogs_flags"] = flags[-1] if flags else None
+            r["ogs_ms"] = ms(call)
+        for cfg in SWEEP:
+            tile = rm.TileConfig(block_m=cfg[0], block_n=cfg[1], block_k=cfg[2], group_m=8, num_stages=cfg[3], num_warps=cfg[4])
+            try:
+                r[f"np {cfg}"] = ms(lambda: prepare(a, w, None, routing, mode, tile).run())
+            except Exception as e:
+                r[f"np {cfg}"] = f"{type(e).__name__}"
+        for cfg in PERS:
+            for w_tma, x_tma, flat, ws in ((False, False, False, False), (True, False, False, False), (True, False, True, False), (True, False, True, True), (True, True, True, True), (True, True, True, False)):
+                if x_tma and mode == "gather":
+                    continue
+                name = f"p {cfg} wtma={int(w_tma)} xtma={int(x_tma)} flat={int(flat)} ws={int(ws)}"
+                fn = lambda: launch_persistent(a, w, routing, mode, *cfg, w_tma, x_tma, flat, sms, ws)
+                try:
+                    y = fn()
+                    err = float(((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
+                    r[name] = ms(fn) if err < 2e-2 else f"wrong {err:.3g}"
+                except Exception as e:
+                    r[name] = f"{type(e).__name__}: {str(e)[:120]}"
+        best = min((v, kk) for kk, v in r.items() if isinstance(v, float) and kk not in ("ogs_ms",))
+        r["best"] = best
+        r["tflops"] = {kk: round(g.flops / v / 1e9) for kk, v in r.items() if isinstance(v, float)}
+        print(json.dumps(r), flush=True)
+        rows.append(r)
     json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, open(os.path.join(out_dir, "experiment-persistent-tma.json"), "w"), indent=1)
 
 

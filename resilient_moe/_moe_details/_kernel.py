@@ -9,6 +9,19 @@ import triton.language as tl
 
 
 @triton.jit
+def expert_tiles(ExpertOffsets, n_experts, BLOCK_M: tl.constexpr, EXPERTS_POW2: tl.constexpr):
+    """Each expert's rows and m-tile count, read from the offsets: the tile map, computed in the kernel
+    so the host never reads routing data. Returns what ``tile_of`` needs and the number of m-tiles."""
+    experts = tl.arange(0, EXPERTS_POW2)
+    in_range = experts < n_experts
+    row_lo = tl.load(ExpertOffsets + experts, mask=in_range, other=0)
+    row_hi = tl.load(ExpertOffsets + experts + 1, mask=in_range, other=0)
+    m_tiles = (row_hi - row_lo + BLOCK_M - 1) // BLOCK_M
+    m_tiles_end = tl.cumsum(m_tiles, axis=0)
+    return experts, row_lo, row_hi, m_tiles, m_tiles_end, tl.sum(m_tiles, axis=0)
+
+
+@triton.jit
 def tile_of(
     t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr
 ):
@@ -70,13 +83,9 @@ def _moe_matmul_kernel(
     """
     pid = tl.program_id(0)
 
-    experts = tl.arange(0, EXPERTS_POW2)
-    in_range = experts < n_experts
-    row_lo = tl.load(ExpertOffsets + experts, mask=in_range, other=0)
-    row_hi = tl.load(ExpertOffsets + experts + 1, mask=in_range, other=0)
-    m_tiles = (row_hi - row_lo + BLOCK_M - 1) // BLOCK_M
-    m_tiles_end = tl.cumsum(m_tiles, axis=0)
-    num_pid_m = tl.sum(m_tiles, axis=0)
+    experts, row_lo, row_hi, m_tiles, m_tiles_end, num_pid_m = expert_tiles(
+        ExpertOffsets, n_experts, BLOCK_M, EXPERTS_POW2
+    )
     num_pid_n = tl.cdiv(N, BLOCK_N)
     if pid >= num_pid_m * num_pid_n:
         return
@@ -87,11 +96,7 @@ def _moe_matmul_kernel(
 
     rows = row_start + tl.arange(0, BLOCK_M)
     row_mask = rows < row_end
-    # Rows past the expert's end read a valid row (their results are never stored), so no M mask in the loop.
-    if SCATTER:
-        x_rows = tl.where(row_mask, rows, row_start)
-    else:
-        x_rows = tl.load(GatherIdx + rows, mask=row_mask, other=0)
+    x_rows = source_rows(rows, row_mask, row_start, GatherIdx, SCATTER)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
@@ -130,6 +135,25 @@ def _moe_matmul_kernel(
     if HAS_BIAS:
         bias = tl.load(Bias + expert.to(tl.int64) * stride_be + offs_n * stride_bn, mask=n_mask, other=0.0)
         acc += bias.to(tl.float32)[None, :]
+    store_tile(Y, acc, rows, row_mask, offs_n, n_mask, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER)
+
+
+@triton.jit
+def source_rows(rows, row_mask, row_start, GatherIdx, SCATTER: tl.constexpr):
+    """The X row each tile row reads. Rows past the expert's end read a valid row (their results are
+    never stored), so the K loop needs no M mask."""
+    if SCATTER:
+        x_rows = tl.where(row_mask, rows, row_start)
+    else:
+        x_rows = tl.load(GatherIdx + rows, mask=row_mask, other=0)
+    return x_rows
+
+
+@triton.jit
+def store_tile(
+    Y, acc, rows, row_mask, offs_n, n_mask, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER: tl.constexpr
+):
+    """Gather: rows stay in expert order. Scatter: each row goes to its slot, weighted by its gamma."""
     if SCATTER:
         y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
         gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
