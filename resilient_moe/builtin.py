@@ -103,6 +103,7 @@ def plan(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode
         fields={"dtype": str(x.dtype).removeprefix("torch.")},
         shared_lower_bound=smem.lower_bound(x, w, arch),
         shared_limit=shared_limit(arch, x.device),
+        rows_per_expert=triton.cdiv(routing.n_rows, n_experts),
     )
 
 

@@ -27,6 +27,8 @@ def _policy_check(args: argparse.Namespace) -> int:
     print(f"  ladder: {' -> '.join(ladder.order)}, factor {ladder.factor}, at most {ladder.max_attempts} attempts, "
           f"floors block_n {ladder.min_block_n} block_m {ladder.min_block_m} num_stages {ladder.min_num_stages}")
     print(f"  rungs the kernel's estimate puts over the limit: {'skipped, not compiled' if ladder.skip_predicted else 'compiled'}")
+    trim = "first cut to the rows per expert" if ladder.trim_block_m else "moves only in its place in the order"
+    print(f"  block_m above the rows an expert gets: {trim}")
     print(f"  on_exhausted: {policy.on_exhausted}")
     for arch, section in policy.arch.items():
         print(f"  {arch}: default {section.default.values() or '-'}, pin {section.pin.values() or '-'}")

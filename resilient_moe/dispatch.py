@@ -74,6 +74,7 @@ class Call:
     source: str = "runtime"  # recorded with the winner: "runtime", or "preflight" for a shipped cache
     shared_lower_bound: Callable[[TileConfig], int] | None = None  # bytes a tile needs at least
     shared_limit: int | None = None  # the chip's bytes per block; None: no rung is skipped uncompiled
+    rows_per_expert: int | None = None  # the mean, rounded up: lets the ladder cut a block_m that only pads
 
 
 def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
@@ -129,7 +130,7 @@ def _climb(
         tried.append(failed)
         if failed.resource != resource:  # a new kind of shortage: its own moves, from where we are
             resource = failed.resource
-            pending = rungs(config, policy.ladder, policy.moves_for(failed.resource), pinned)
+            pending = rungs(config, policy.ladder, policy.moves_for(failed.resource), pinned, call.rows_per_expert)
         if not pending or len(tried) >= policy.ladder.max_attempts:
             return _exhausted(call, tuple(tried), policy, cache, reference, context)
         following = pending.pop(0)

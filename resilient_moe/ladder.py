@@ -21,17 +21,29 @@ def step(config: TileConfig, move: Move, ladder: Ladder) -> TileConfig | None:
 
 
 def rungs(
-    start: TileConfig, ladder: Ladder, moves: Iterable[Move], pinned: Iterable[str] = ()
+    start: TileConfig,
+    ladder: Ladder,
+    moves: Iterable[Move],
+    pinned: Iterable[str] = (),
+    rows_per_expert: int | None = None,
 ) -> list[TileConfig]:
     """The configs after ``start``: each move in turn shrinks its field to the floor, keeping what the
     earlier moves did. Every rung is no larger than the one before in every field and smaller in one,
-    so none repeats; at most ``max_attempts - 1`` rungs (the start is the first attempt)."""
-    frozen = set(pinned)
+    so none repeats; at most ``max_attempts - 1`` rungs (the start is the first attempt).
+
+    With ``ladder.trim_block_m`` and the mean ``rows_per_expert`` known, the first rung cuts block_m to
+    those rows (a power of two, at least ``min_block_m``): the rows past them are padding, so that
+    rung gives up shared memory and MMA work that computed nothing.
+    """
+    allowed = [move for move in moves if move not in set(pinned)]
     out: list[TileConfig] = []
     current = start
-    for move in moves:
-        if move in frozen:
-            continue
+    if ladder.trim_block_m and rows_per_expert is not None and "block_m" in allowed and ladder.max_attempts > 1:
+        useful = max(ladder.min_block_m, 1 << max(rows_per_expert - 1, 0).bit_length())
+        if useful < current.block_m:
+            current = current.replace(block_m=useful)
+            out.append(current)
+    for move in allowed:
         while len(out) < ladder.max_attempts - 1 and (smaller := step(current, move, ladder)) is not None:
             current = smaller
             out.append(current)

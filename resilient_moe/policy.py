@@ -52,6 +52,7 @@ class Ladder(_Frozen):
     factor: Annotated[int, Field(ge=2)] = 2
     max_attempts: Annotated[int, Field(ge=1, le=64)] = 12
     skip_predicted: bool = True  # a rung the kernel's lower bound puts over the limit is not compiled
+    trim_block_m: bool = True  # the first rung cuts block_m to the mean rows per expert (ladder.rungs)
 
     @field_validator("order")
     @classmethod

@@ -75,7 +75,9 @@ class Case:
 
     def candidates(self, policy: Policy) -> list[TileConfig]:
         """The start and the shared-memory ladder below it, in the order the dispatcher tries them."""
-        return [self.start, *rungs(self.start, policy.ladder, policy.moves_for("shared memory"), self.pinned)]
+        return [self.start, *rungs(
+            self.start, policy.ladder, policy.moves_for("shared memory"), self.pinned, self.call.rows_per_expert
+        )]
 
     def predicted(self, config: TileConfig, policy: Policy) -> bool:
         """Whether the dispatcher steps over this tile without compiling it (its lower bound is over the limit)."""

@@ -35,12 +35,14 @@ def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, f
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert downgrades and all(d["required"] > d["limit"] == 163840 for d in downgrades)
     assert downgrades[0]["from"]["block_n"] == 256 and downgrades[0]["resource"] == "shared memory"
+    # 8 rows per expert: the first rung cuts block_m 128 to 16, the rows past them being padding.
+    assert (downgrades[0]["from"]["block_m"], downgrades[0]["to"]["block_m"]) == (128, 16)
     # Independently: the first rung, in the policy's order, whose compile for gfx950 fits.
     default = rm.TileConfig(**downgrades[0]["from"])
-    ladder = rungs(default, policy.ladder, policy.moves_for("shared memory"))
+    ladder = rungs(default, policy.ladder, policy.moves_for("shared memory"), rows_per_expert=routing.n_rows // E)
     launches = [prepare(x, w, None, routing, "gather", c) for c in ladder]
-    first_fit = next(c for c, l in zip(ladder, launches) if virtual.measure(
-        virtual.job_for(l.kernel, l.args, l.constexprs, "gfx950")).error is None)
+    first_fit = next(c for c, launch in zip(ladder, launches) if virtual.measure(
+        virtual.job_for(launch.kernel, launch.args, launch.constexprs, "gfx950")).error is None)
     assert selected["config"] == first_fit.as_dict()
     assert len(fits_calls) == len([d for d in downgrades if not d["predicted"]]) + 1
 

@@ -333,6 +333,7 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         shape={"rows": rows, "n": n, "k": k, "experts": experts},
         default=default,
         fields={"dtype": _dtype(x), "flavor": up.flavor},
+        rows_per_expert=-(-rows // experts),
     )
     return resolve(call, attempt, policy, cache)
 
