@@ -42,40 +42,48 @@ def moe_matmul(
     mode: Mode = "gather",
     bias: Tensor | None = None,
     *,
+    out: Tensor | None = None,
     policy: Policy | None = None,
 ) -> Tensor:
     """MoE GEMM with outer gather (``mode="gather"``) or gamma-weighted scatter (``mode="scatter"``).
 
     gather:  x [T, K] -> [n_rows, N], row r = x[gather_idx[r]] @ w[e] + bias[e], rows in expert order.
     scatter: x [n_rows, K] (expert order) -> [T, N], y[t] = sum_j gammas[t, j] * (row @ w[e] + bias[e]).
+    ``out``: a buffer of that shape and x's dtype to write into and return, like matmul_ogs's ``y``
+    (no allocation in gather mode; a static buffer for CUDA graphs).
     Nothing to compute (zero tokens, or none routed to a local expert) returns zeros without a launch.
     """
     if routing.n_rows == 0:
-        return _empty(x, w, bias, routing, mode)
+        return _empty(x, w, bias, routing, mode, out)
     policy = active_policy(policy)
     cache = default_cache()
-    exact = (policy.fingerprint, operand_key(x, w, bias, routing, mode))
+    exact = (policy.fingerprint, operand_key(x, w, bias, routing, mode, out))
     bound = cache.derived.get(exact)
     if bound is not None and not hooks_installed():
-        return bound(x, w, bias, routing)
+        return bound(x, w, bias, routing, out)
     where = placement()
     key = cache_key(x, w, bias, routing, mode, where.arch, policy)
     winner = cache.lookup(key)
     if isinstance(winner, TileConfig):
-        launch = prepare(x, w, bias, routing, mode, winner)
+        launch = prepare(x, w, bias, routing, mode, winner, out)
         cache.derive(exact, BoundLaunch.bind(launch, launch.launch()))
         return launch.finish()
+
+    def reference() -> Tensor:
+        result = moe_matmul_reference(x, w, routing, mode, bias)
+        return result if out is None else out.copy_(result)
+
     if winner == REFERENCE:
-        return moe_matmul_reference(x, w, routing, mode, bias)
+        return reference()
 
     def attempt(config: TileConfig) -> Tensor:
-        launch = prepare(x, w, bias, routing, mode, config)
+        launch = prepare(x, w, bias, routing, mode, config, out)
         if where.virtual is not None:
             virtual.fits(launch.kernel, launch.args, launch.constexprs, where.virtual.name)
         return launch.run()
 
-    call = plan(x, w, bias, routing, mode, where.arch, key)
-    return resolve(call, attempt, policy, cache, lambda: moe_matmul_reference(x, w, routing, mode, bias))
+    call = plan(x, w, bias, routing, mode, where.arch, key, out)
+    return resolve(call, attempt, policy, cache, reference)
 
 
 def cache_key(
@@ -88,11 +96,20 @@ def cache_key(
     )
 
 
-def plan(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, arch: str, key: Key) -> Call:
+def plan(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    routing: Routing,
+    mode: Mode,
+    arch: str,
+    key: Key,
+    out: Tensor | None = None,
+) -> Call:
     """What the dispatcher needs for a miss: validated operands, the heuristic's default, event context,
     and what lets it step over a tile certain not to fit without compiling it (the kernel's lower bound
     of its shared memory, the chip's limit)."""
-    check_operands(x, w, bias, routing, mode)
+    check_operands(x, w, bias, routing, mode, out)
     n_experts, k, n = w.shape
     return Call(
         kernel=f"{KERNEL}.{mode}",
@@ -107,10 +124,12 @@ def plan(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode
     )
 
 
-def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> Tensor:
+def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None) -> Tensor:
     """Sentinels for a call with no rows: gather gives [0, N], scatter gives zeros [T, N]."""
-    check_operands(x, w, bias, routing, mode)
+    check_operands(x, w, bias, routing, mode, out)
     rows = 0 if mode == "gather" else routing.n_tokens
     events.empty_input(kernel=f"{KERNEL}.{mode}", tokens=routing.n_tokens, experts=routing.n_experts)
+    if out is not None:
+        return out.zero_()
     return torch.zeros((rows, w.shape[2]), dtype=x.dtype, device=x.device)
 

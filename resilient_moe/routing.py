@@ -6,7 +6,9 @@ Rows are sorted by expert, stably, which is the "expert order" the kernel consum
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,6 +40,22 @@ class Routing:
     slot_to_row: Tensor
     expert_idx: Tensor
     gammas: Tensor
+
+    @functools.cached_property
+    def launch_layout(self) -> tuple[Any, ...]:
+        """What a kernel launch reads from this routing besides the pointers: counts, dtypes, devices
+        and 16-byte alignment of each tensor. Computed once: a Routing and its tensors never change,
+        and a cached call's key would otherwise rebuild it on every call."""
+        tensors = (self.expert_offsets, self.gather_idx, self.scatter_idx, self.gammas)
+        return (
+            self.n_experts, self.n_tokens, self.n_rows, self.top_k,
+            *((t.dtype, t.stride(), t.data_ptr() % 16, t.get_device()) for t in tensors),
+        )
+
+    @functools.cached_property
+    def flat_gammas(self) -> Tensor:
+        """``gammas`` as one value per flat slot, the view the scatter kernel reads (made once)."""
+        return self.gammas.view(-1)
 
     @classmethod
     def from_experts(

@@ -44,6 +44,7 @@ def test_equal_layouts_share_a_key_and_every_field_that_specializes_changes_it()
         "bias": operand_key(x, w, torch.zeros(4, 128, dtype=x.dtype, device=x.device), routing, "gather"),
         "rows": operand_key(x[:20], w, None, rm.route(torch.randn(20, 4).to(DEVICE), 2), "gather"),
         "mode": operand_key(torch.randn(48, 64).to(DEVICE, x.dtype), w, None, routing, "scatter"),
+        "out": operand_key(x, w, None, routing, "gather", torch.empty(48, 128, dtype=x.dtype, device=x.device)),
     }
     assert all(key != base for key in variants.values()), [name for name, key in variants.items() if key == base]
 
@@ -121,6 +122,19 @@ def test_a_bound_launch_gives_the_jit_launch_result_bit_for_bit(mode: str, with_
 
 
 @needs_gpu
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+def test_a_bound_launch_writes_into_out(mode: str) -> None:
+    x, w, routing = operands(dtype=torch.bfloat16)
+    if mode == "scatter":
+        x = torch.randn(routing.n_rows, 64, device=DEVICE, dtype=torch.bfloat16)
+    fresh = [rm.moe_matmul(x, w, routing, mode) for _ in range(2)][-1]  # resolve, bind
+    outs = [torch.full_like(fresh, float("nan")) for _ in range(3)]
+    assert all(rm.moe_matmul(x, w, routing, mode, out=out) is out for out in outs)  # bind, bound, bound
+    assert sum(isinstance(b, BoundLaunch) for b in default_cache().derived.values()) == 2  # with and without out
+    assert all(torch.equal(out, fresh) for out in outs)
+
+
+@needs_gpu
 def test_a_misaligned_view_gets_its_own_bound_launch() -> None:
     x, w, routing = operands(dtype=torch.bfloat16)
     for _ in range(3):
@@ -154,12 +168,16 @@ def test_launch_hooks_see_every_call() -> None:
 
 
 @needs_gpu
-def test_a_bound_launch_captures_in_a_cuda_graph() -> None:
+@pytest.mark.parametrize("given_out", [False, True])
+def test_a_bound_launch_captures_in_a_cuda_graph(given_out: bool) -> None:
     x, w, routing = operands(dtype=torch.bfloat16)
-    eager = [rm.moe_matmul(x, w, routing) for _ in range(3)][-1]
+    out = torch.empty(routing.n_rows, w.shape[2], dtype=x.dtype, device=x.device) if given_out else None
+    eager = [rm.moe_matmul(x, w, routing, out=out).clone() for _ in range(3)][-1]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = rm.moe_matmul(x, w, routing)
+        captured = rm.moe_matmul(x, w, routing, out=out)
+    if out is not None:
+        out.zero_()
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(captured, eager)
+    assert torch.equal(captured, eager) and (out is None or captured is out)

@@ -142,14 +142,14 @@ def test_prepare_on_meta_tensors() -> None:
         config = default_config(routing.n_rows, n, k, n_experts, torch.bfloat16, "sm_90")
         launch = prepare(x, w, bias, routing, mode, config)
         assert isinstance(launch, KernelLaunch)
-        assert launch.out.device.type == "meta"
+        assert launch.y.device.type == "meta"
         assert all(a.device.type == "meta" for a in launch.args if isinstance(a, torch.Tensor))
         assert launch.grid == ((n_tokens * top_k // config.block_m + n_experts) * n // config.block_n,)
         assert launch.constexprs["SCATTER"] == (mode == "scatter")
         assert launch.constexprs["EXPERTS_POW2"] == 256
         meta_parameters = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
         assert meta_parameters <= launch.constexprs.keys()
-    assert launch.out.shape == (n_tokens * top_k, n)
+    assert launch.y.shape == (n_tokens * top_k, n)
 
 
 @pytest.mark.parametrize(

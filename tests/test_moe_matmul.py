@@ -59,3 +59,39 @@ def test_cached_call_matches_reference_and_emits_nothing() -> None:
     assert logs == []
     torch.testing.assert_close(second, first)
     torch.testing.assert_close(first, rm.moe_matmul_reference(x, w, routing, "gather", bias), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+def test_out_is_written_and_returned_like_a_new_result(mode: str) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    routing = rm.route(torch.randn(8, 4, device=device), 2)
+    x = torch.randn(8 if mode == "gather" else routing.n_rows, 32, dtype=torch.float16, device=device)
+    w = (torch.randn(4, 32, 64, device=device) / 6).to(torch.float16)
+    fresh = rm.moe_matmul(x, w, routing, mode)
+    for _ in range(2):  # the resolving call, then the cached one
+        out = torch.full_like(fresh, float("nan"))
+        assert rm.moe_matmul(x, w, routing, mode, out=out) is out
+        torch.testing.assert_close(out, fresh)
+
+
+def test_out_of_the_wrong_shape_or_dtype_is_named() -> None:
+    routing = rm.route(torch.randn(8, 4), 2)
+    x, w = torch.randn(8, 32, dtype=torch.float16), torch.randn(4, 32, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"out.shape \(8, 64\) must be \(16, 64\) in gather mode"):
+        rm.moe_matmul(x, w, routing, "gather", out=torch.empty(8, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"out.dtype \(torch.float32\) must equal x.dtype \(torch.float16\)"):
+        rm.moe_matmul(x, w, routing, "gather", out=torch.empty(16, 64))
+
+
+def test_out_of_an_empty_call_is_zeroed_without_a_launch(no_launch) -> None:
+    routing = rm.route(torch.randn(0, 4), 2)
+    out = torch.full((0, 64), 1.0, dtype=torch.float16)
+    assert rm.moe_matmul(torch.randn(0, 32, dtype=torch.float16), torch.randn(4, 32, 64, dtype=torch.float16),
+                         routing, "scatter", out=out) is out
+    logits = torch.full((5, 8), -10.0)
+    logits[:, :2] = 10.0
+    remote = rm.route(logits, 2, expert_range=(4, 8))  # no row on this rank: scatter gives zeros
+    out = torch.ones(5, 32, dtype=torch.float16)
+    y = rm.moe_matmul(torch.zeros(0, 16, dtype=torch.float16), torch.randn(4, 16, 32, dtype=torch.float16), remote,
+                      "scatter", out=out)
+    assert y is out and not out.any()

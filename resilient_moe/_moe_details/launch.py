@@ -42,7 +42,7 @@ class KernelLaunch:
     grid: tuple[int, ...]
     args: tuple[Any, ...]
     constexprs: dict[str, int | bool]
-    out: Tensor
+    y: Tensor  # what the kernel writes: the output, or in scatter mode the per-slot rows
     finish: Callable[[], Tensor]
 
     def launch(self) -> Any:
@@ -92,41 +92,45 @@ class BoundLaunch:
             constants=tuple(launch.constexprs[name] for name in names),
         )
 
-    def __call__(self, x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing) -> Tensor:
-        out = _output(x, w.shape[2], routing, self.scatter)
+    def __call__(self, x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, out: Tensor | None) -> Tensor:
+        y = _output(x, w.shape[2], routing, self.scatter, out)
         self.launcher(
             self.grid, 1, 1, self.stream_of(x.get_device()), self.function, self.metadata, None, None, None,
-            *_tensors(x, w, bias, out, routing, self.scatter), *self.sizes, *self.constants,
+            *_tensors(x, w, bias, y, routing, self.scatter), *self.sizes, *self.constants,
         )
-        return _result(out, routing, self.scatter)
+        return _result(y, routing, self.scatter, out)
 
 
 def hooks_installed() -> bool:
-    """Whether a profiler hooks Triton launches; bound launches skip hooks, so they step aside then."""
-    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
-    return any(bool(hook.calls) if isinstance(hook, HookChain) else hook is not None for hook in hooks)
+    """Whether a profiler hooks Triton launches; bound launches skip hooks, so they step aside then.
+    On every cached call, so written without a generator (a third of its cost)."""
+    runtime = knobs.runtime
+    return _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook)
 
 
-def operand_key(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode) -> tuple[Any, ...]:
+def _hooked(hook: Any) -> bool:
+    """A HookChain with callbacks, or a plain callable set in its place."""
+    return bool(hook.calls) if isinstance(hook, HookChain) else hook is not None
+
+
+def operand_key(
+    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None = None
+) -> tuple[Any, ...]:
     """Everything ``prepare`` reads from the operands, exactly: equal keys mean the same validation
     outcome, output shape, grid and Triton specialization (dtypes, int values, pointer alignment)."""
-    scatter = mode == "scatter"
-    index = routing.scatter_idx if scatter else routing.gather_idx
-    offsets = routing.expert_offsets
     return (
-        mode,
+        mode, routing.launch_layout,
         x.dtype, x.shape, x.stride(), x.data_ptr() % 16, x.get_device(),
         w.dtype, w.shape, w.stride(), w.data_ptr() % 16, w.get_device(),
         None if bias is None else (bias.dtype, bias.shape, bias.stride(), bias.data_ptr() % 16, bias.get_device()),
-        routing.n_experts, routing.n_tokens, routing.n_rows, routing.top_k,
-        offsets.dtype, offsets.data_ptr() % 16, offsets.get_device(),
-        index.dtype, index.data_ptr() % 16,
-        (routing.gammas.dtype, routing.gammas.stride(), routing.gammas.data_ptr() % 16) if scatter else None,
+        None if out is None else (out.dtype, out.shape, out.stride(), out.data_ptr() % 16, out.get_device()),
         x.dtype == torch.float32 and torch.get_float32_matmul_precision(),
     )
 
 
-def check_operands(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: str) -> None:
+def check_operands(
+    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: str, out: Tensor | None = None
+) -> None:
     """Raise ValueError naming the first argument whose shape, dtype or device does not fit."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -156,28 +160,41 @@ def check_operands(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, 
             raise ValueError(f"bias.shape {tuple(bias.shape)} must be (E, N) = {(n_experts, n)}")
         if bias.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"bias.dtype ({bias.dtype}) must be one of {SUPPORTED_DTYPES}")
-    named = {"w": w, "bias": bias, "routing.expert_offsets": routing.expert_offsets}
+    if out is not None:
+        rows = routing.n_rows if mode == "gather" else routing.n_tokens
+        if tuple(out.shape) != (rows, n):
+            raise ValueError(f"out.shape {tuple(out.shape)} must be {(rows, n)} in {mode} mode")
+        if out.dtype != x.dtype:
+            raise ValueError(f"out.dtype ({out.dtype}) must equal x.dtype ({x.dtype})")
+    named = {"w": w, "bias": bias, "out": out, "routing.expert_offsets": routing.expert_offsets}
     for name, tensor in named.items():
         if tensor is not None and tensor.device != x.device:
             raise ValueError(f"{name}.device ({tensor.device}) must equal x.device ({x.device})")
 
 
 def prepare(
-    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, config: TileConfig
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    routing: Routing,
+    mode: Mode,
+    config: TileConfig,
+    out: Tensor | None = None,
 ) -> KernelLaunch:
-    """Validate, allocate the output and build the launch; shape-only, so meta tensors work.
+    """Validate, allocate the output (unless ``out`` is given) and build the launch; shape-only, so
+    meta tensors work.
 
     gather: x [T, K] -> out [n_rows, N] in expert order.
     scatter: x [n_rows, K] in expert order -> out [T, N], the gamma-weighted sum over each token's slots.
     fp32 follows torch.get_float32_matmul_precision(): "highest" (torch's default) means no tf32.
     """
-    check_operands(x, w, bias, routing, mode)
+    check_operands(x, w, bias, routing, mode, out)
     n_experts, k, n = w.shape
     scatter = mode == "scatter"
-    out = _output(x, n, routing, scatter)
+    y = _output(x, n, routing, scatter, out)
     max_m_tiles = min(triton.cdiv(routing.n_rows, config.block_m) + n_experts, routing.n_rows)
     grid = (max_m_tiles * triton.cdiv(n, config.block_n),)
-    args = (*_tensors(x, w, bias, out, routing, scatter), *_sizes(x, w, bias, out))
+    args = (*_tensors(x, w, bias, y, routing, scatter), *_sizes(x, w, bias, y))
     constexprs: dict[str, int | bool] = {
         "BLOCK_M": config.block_m,
         "BLOCK_N": config.block_n,
@@ -192,20 +209,24 @@ def prepare(
         "num_warps": config.num_warps,
         "num_stages": config.num_stages,
     }
-    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, out, functools.partial(_result, out, routing, scatter))
+    finish = functools.partial(_result, y, routing, scatter, out)
+    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, y, finish)
 
 
-def _output(x: Tensor, n: int, routing: Routing, scatter: bool) -> Tensor:
-    """Gather: [n_rows, N] in expert order. Scatter: one row per (token, slot), zeroed where a slot
-    has no local row (expert parallelism), summed over slots by ``_result``."""
+def _output(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
+    """What the kernel writes. Gather: ``out``, or a new [n_rows, N] in expert order. Scatter: one row
+    per (token, slot), zeroed where a slot has no local row (expert parallelism), summed by ``_result``."""
     if not scatter:
-        return x.new_empty(routing.n_rows, n)
+        return x.new_empty(routing.n_rows, n) if out is None else out
     slots = routing.n_tokens * routing.top_k
     return x.new_zeros(slots, n) if routing.n_rows < slots else x.new_empty(slots, n)
 
 
-def _result(out: Tensor, routing: Routing, scatter: bool) -> Tensor:
-    return out.view(routing.n_tokens, routing.top_k, out.shape[1]).sum(dim=1) if scatter else out
+def _result(y: Tensor, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
+    """Scatter: the sum over each token's slots, into ``out`` if given. Gather: what the kernel wrote."""
+    if scatter:
+        return torch.sum(y.view(routing.n_tokens, routing.top_k, y.shape[1]), dim=1, out=out)
+    return y
 
 
 _TENSOR_PARAMS = ("X", "W", "Bias", "Y", "ExpertOffsets", "GatherIdx", "ScatterIdx", "Gammas")
@@ -216,7 +237,7 @@ def _tensors(
     x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, routing: Routing, scatter: bool
 ) -> tuple[Tensor | None, ...]:
     if scatter:
-        return (x, w, bias, out, routing.expert_offsets, None, routing.scatter_idx, routing.gammas.view(-1))
+        return (x, w, bias, out, routing.expert_offsets, None, routing.scatter_idx, routing.flat_gammas)
     return (x, w, bias, out, routing.expert_offsets, routing.gather_idx, None, None)
 
 

@@ -87,7 +87,7 @@ def launch(entry: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         virtual.fits(prepared.kernel, prepared.args, prepared.constexprs, chip.name)
     with _interpreter:
         result = prepared.run()
-    return result, prepared.out
+    return result, prepared.y
 
 
 def dense(m: int, device: torch.device) -> Routing:
