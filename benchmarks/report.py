@@ -27,40 +27,56 @@ def kernel(folder: Path) -> None:
 
 
 def overhead(folder: Path) -> None:
-    d = load(folder, "overhead-h200.json")
-    h, g = d["host_us"], d["cuda_graph"]
-    print(f"\n### 2. Host cost of a call ({d['device']}, deepseek-v3 decode up-projection, median of 2000, "
-          "GPU idle before each call)\n")
-    print("| path | host us |\n|---|---|")
+    d = load(folder, "overhead-h100.json")
+    h, q, g = d["host_us"], d["queued_host_us"], d["cuda_graph"]
+    print(f"\n### 2. Host cost of a call ({d['device']}, deepseek-v3 decode up-projection)\n")
+    print("Two timings per path: one call with the GPU idle before it (median of 2000), and calls issued back "
+          "to back as a server does, the host running ahead of the GPU (median of 7 runs of 50).\n")
+    print("| path | host us, one call | host us, back to back |\n|---|---|---|")
     rows = [
         ("Triton JIT launch of the compiled kernel (`kernel[grid](*args, **constexprs)`)", "jit_launch"),
-        ("the compiled kernel's own launcher, arguments prepared beforehand (`compiled[grid](*args)`)", "compiled_launch"),
+        ("the compiled kernel's own launcher, every argument prepared (`compiled[grid](*args)`)", "compiled_launch"),
+        ("the same, allocating the output first", "compiled_launch_with_allocation"),
         ("`prepare(...).run()`: validation, output allocation, JIT launch", "prepare_and_jit_launch"),
         ("**`moe_matmul(...)`, cached** (operand key, lookup, allocation, bound launch)", "moe_matmul_cached"),
+        ("**`moe_matmul(..., out=buffer)`, cached** (no allocation)", "moe_matmul_cached_out"),
+        ("its bound launch alone, into `out`", "bound_launch_out"),
         ("upstream `matmul_ogs` v3.5.1, same shape", "upstream_matmul_ogs"),
     ]
     for label, key in rows:
         if key in h:
-            print(f"| {label} | {h[key]:.1f} |")
-    print(f"\nCached call minus JIT launch: **{d['extra_us_vs_jit_launch']:+.1f} us**; minus the compiled kernel's "
-          f"own launcher: {d['extra_us_vs_compiled_launch']:+.1f} us. CUDA graph: captured {g['captured']}, replay "
-          f"equals eager {g['replay_equals_eager']}, replay {g['replay_ms']:.3f} ms vs eager {g['eager_ms']:.3f} ms.")
+            queued = f"{q[key]:.1f}" if key in q else "-"
+            print(f"| {label} | {h[key]:.1f} | {queued} |")
+    parts = ", ".join(f"{name.replace('_', ' ')} {us:.1f}" for name, us in d["parts_us"].items())
+    print(f"\nBack to back: `moe_matmul(out=)` minus the compiled launcher "
+          f"**{d['queued_extra_us_with_out_vs_compiled_launch']:+.1f} us**; `moe_matmul` minus the compiled launcher "
+          f"with allocation **{d['queued_extra_us_vs_compiled_launch_with_allocation']:+.1f} us**. One call: "
+          f"{d['extra_us_with_out_vs_compiled_launch']:+.1f} and {d['extra_us_vs_compiled_launch_with_allocation']:+.1f} us; "
+          f"against the JIT launch {d['extra_us_vs_jit_launch']:+.1f} us. Pieces timed alone (us): {parts}. "
+          f"CUDA graph: captured {g['captured']}, replay equals eager {g['replay_equals_eager']}, replay "
+          f"{g['replay_ms']:.3f} ms vs eager {g['eager_ms']:.3f} ms.")
+
+
+LADDERS = (("plain", "plain (block_n first)"), ("num_stages_first", "stages first"),
+           ("default", "default (stages first, block_m cut)"))
+
+
+def tile(c: dict) -> str:
+    return f"{c['block_m']}x{c['block_n']}x{c['block_k']} s{c['num_stages']} w{c['num_warps']}"
 
 
 def recovery(folder: Path) -> None:
-    d = load(folder, "recovery-h200.json")
+    d = load(folder, "recovery-h100.json")
     f = d["forced_default"]
-    print(f"\n### 3. Recovery quality ({d['device']}; default forced to {f['block_m']}x{f['block_n']}x{f['block_k']} "
-          f"s{f['num_stages']} w{f['num_warps']}, 245760 B > 232448)\n")
-    print("| case | best fitting tile (sweep of 24) | best TFLOP/s | plain ladder lands on | plain / best | stages-first lands on | stages-first / best |")
-    print("|---|---|---|---|---|---|---|")
-    tile = lambda c: f"{c['block_m']}x{c['block_n']}x{c['block_k']} s{c['num_stages']} w{c['num_warps']}"
+    print(f"\n### 3. Recovery quality ({d['device']}; default forced to {tile({**f})}, 245760 B > 232448)\n")
+    print("Each ratio times the landed tile and the best one in alternation (median of 3 pairs).\n")
+    print("| case | best fitting tile (sweep) | best TFLOP/s | " + " | ".join(f"{label} lands on | / best" for _, label in LADDERS) + " |")
+    print("|---|---|---|" + "---|---|" * len(LADDERS))
     for r in d["rows"]:
-        p, s = r["ladders"]["plain"], r["ladders"]["num_stages_first"]
-        print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} | {r['best']['tflops']:.0f} | {tile(p['landed'])} | "
-              f"{p['landed_vs_best']:.2f} | {tile(s['landed'])} | {s['landed_vs_best']:.2f} |")
+        cells = " | ".join(f"{tile(r['ladders'][name]['landed'])} | {r['ladders'][name]['landed_vs_best']:.2f}" for name, _ in LADDERS)
+        print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} ({len(r['sweep'])} tiles) | {r['best']['tflops']:.0f} | {cells} |")
     r = load(folder, "restart-h200.json")
-    print(f"\nFirst call of a recovering process ({r['case']}, seconds):\n")
+    print(f"\nFirst call of a recovering process ({r['device']}, {r['case']}, seconds):\n")
     print("| ladder | cold (Triton and tiling caches empty) | restart, Triton cache warm, tiling cache empty | restart with the tiling cache |")
     print("|---|---|---|---|")
     for name, label in (("compile_every_rung", "compile every rung"), ("skip_predicted", "skip rungs the estimate rules out (default)")):
