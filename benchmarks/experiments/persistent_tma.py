@@ -12,7 +12,7 @@ import json, os, sys
 import torch, triton, triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from resilient_moe._moe_details._kernel import expert_tiles, source_rows, store_tile, tile_of
+from resilient_moe._moe_details._kernel import expert_tiles, source_rows, store_tile, swizzle, tile_of
 
 
 @triton.jit
@@ -20,14 +20,24 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
                 stride_xm, stride_xk, stride_we, stride_wk, stride_wn, stride_ym, stride_yn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                 EXPERTS_POW2: tl.constexpr, SCATTER: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
-                W_TMA: tl.constexpr, X_TMA: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr = False):
-    experts, row_lo, row_hi, m_tiles, m_tiles_end, num_pid_m = expert_tiles(ExpertOffsets, n_experts, BLOCK_M, EXPERTS_POW2)
+                W_TMA: tl.constexpr, X_TMA: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr = False,
+                TileExpert=None, TileStart=None, TileCount=None, MAPPED: tl.constexpr = False):
+    if MAPPED:  # tile map precomputed (experiments/tile_map.py): two loads a tile instead of reductions
+        num_pid_m = tl.load(TileCount)
+    else:
+        experts, row_lo, row_hi, m_tiles, m_tiles_end, num_pid_m = expert_tiles(ExpertOffsets, n_experts, BLOCK_M, EXPERTS_POW2)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
     offs_k = tl.arange(0, BLOCK_K)
     for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=FLATTEN, warp_specialize=WS):
-        expert, pid_n, row_start, row_end = tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
+        if MAPPED:
+            pid_m, pid_n = swizzle(t, num_pid_m, num_pid_n, GROUP_M)
+            expert = tl.load(TileExpert + pid_m)
+            row_start = tl.load(TileStart + pid_m)
+            row_end = tl.load(ExpertOffsets + expert + 1)
+        else:
+            expert, pid_n, row_start, row_end = tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
         rows = row_start + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
         x_rows = source_rows(rows, row_mask, row_start, GatherIdx, SCATTER)
@@ -50,7 +60,7 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
         store_tile(Y, acc, rows, row_mask, offs_n, offs_n < N, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER)
 
 
-def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False):
+def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False, tmap=None):
     E, K, N = w.shape
     scatter = mode == "scatter"
     slots = routing.n_tokens * routing.top_k
@@ -62,7 +72,9 @@ def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_t
         routing.gammas.view(-1) if scatter else None, E, N, K,
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2), out.stride(0), out.stride(1),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, EXPERTS_POW2=triton.next_power_of_2(E), SCATTER=scatter,
-        NUM_PROGRAMS=programs, W_TMA=w_tma, X_TMA=x_tma, FLATTEN=flatten, WS=ws, num_warps=warps, num_stages=stages)
+        NUM_PROGRAMS=programs, W_TMA=w_tma, X_TMA=x_tma, FLATTEN=flatten, WS=ws,
+        TileExpert=None if tmap is None else tmap[0], TileStart=None if tmap is None else tmap[1],
+        TileCount=None if tmap is None else tmap[2], MAPPED=tmap is not None, num_warps=warps, num_stages=stages)
     return out.view(routing.n_tokens, routing.top_k, N).sum(1) if scatter else out
 
 

@@ -22,20 +22,21 @@ def expert_tiles(ExpertOffsets, n_experts, BLOCK_M: tl.constexpr, EXPERTS_POW2: 
 
 
 @triton.jit
+def swizzle(t, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Tile ``t`` as (m-tile, n-tile), ordered so GROUP_M m-tiles (sharing W columns when they belong
+    to one expert) sweep all n-tiles (sharing X rows) together."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (t // num_pid_in_group) * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    return first_pid_m + (t % num_pid_in_group) % group_size_m, (t % num_pid_in_group) // group_size_m
+
+
+@triton.jit
 def tile_of(
     t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr
 ):
-    """Tile ``t`` of the grid as (expert, n-tile, first row, end of the expert's rows).
-
-    Swizzled so GROUP_M m-tiles (sharing W columns) sweep all n-tiles (sharing X rows) together.
-    """
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = t // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (t % num_pid_in_group) % group_size_m
-    pid_n = (t % num_pid_in_group) // group_size_m
-
+    """Tile ``t`` of the grid as (expert, n-tile, first row, end of the expert's rows)."""
+    pid_m, pid_n = swizzle(t, num_pid_m, num_pid_n, GROUP_M)
     expert = tl.sum((m_tiles_end <= pid_m).to(tl.int32), axis=0)
     is_expert = experts == expert
     first_tile = tl.sum(tl.where(is_expert, m_tiles_end - m_tiles, 0), axis=0)
@@ -93,7 +94,22 @@ def _moe_matmul_kernel(
     expert, pid_n, row_start, row_end = tile_of(
         pid, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M
     )
+    tile_matmul(
+        X, W, Bias, Y, GatherIdx, ScatterIdx, Gammas, expert, pid_n, row_start, row_end, N, K,
+        stride_xm, stride_xk, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_ym, stride_yn,
+        BLOCK_M, BLOCK_N, BLOCK_K, SCATTER, HAS_BIAS, EVEN_K, EVEN_N, IEEE_FP32,
+    )
 
+
+@triton.jit
+def tile_matmul(
+    X, W, Bias, Y, GatherIdx, ScatterIdx, Gammas, expert, pid_n, row_start, row_end, N, K,
+    stride_xm, stride_xk, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_ym, stride_yn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCATTER: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IEEE_FP32: tl.constexpr,
+):
+    """One output tile: rows [row_start, row_end) of ``expert`` (at most BLOCK_M), columns of n-tile
+    ``pid_n``; the K loop, the bias and the store. Apart from how a program finds its tile."""
     rows = row_start + tl.arange(0, BLOCK_M)
     row_mask = rows < row_end
     x_rows = source_rows(rows, row_mask, row_start, GatherIdx, SCATTER)
