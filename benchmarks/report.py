@@ -15,7 +15,7 @@ def load(folder: Path, name: str):
 
 
 def kernel(folder: Path) -> None:
-    data = load(folder, "kernel-h200.json")
+    data = load(folder, "kernel-h100.json")
     print(f"### 1. Kernel speed ({data['device']}, bf16, one run)\n")
     print("| case | gemm | routing | ours TFLOP/s | matmul_ogs v3.5.1 | torch._grouped_mm | ours / best peer | ours weight GB/s |")
     print("|---|---|---|---|---|---|---|---|")

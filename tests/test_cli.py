@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 POLICIES = Path(__file__).parent.parent / "policies"
 
@@ -35,7 +38,9 @@ def test_policy_check_accepts_shipped_and_names_bad_fields(cache_dir: Path, tmp_
 def test_demo_downgrades_for_real_then_uses_the_cache(cache_dir: Path) -> None:
     first = cli("demo", cache_dir=cache_dir)
     assert first.returncode == 0, first.stderr
-    assert "needs 196608 B > 163840 B -> downgraded" in first.stdout
+    # Without a GPU the demo runs against a virtual MI355X; with one, against the real chip's limit.
+    needs = r"needs \d+ B > \d+ B -> downgraded" if torch.cuda.is_available() else "needs 196608 B > 163840 B -> downgraded"
+    assert re.search(needs, first.stdout), first.stdout
     assert "tiling.downgrade" in first.stderr and "OK" in first.stdout
     second = cli("demo", cache_dir=cache_dir)
     assert second.returncode == 0, second.stderr

@@ -66,8 +66,8 @@ def test_cache_written_by_preflight_spares_the_server_every_failing_compile(targ
     target("gfx950")
     policy = rm.load_policy(policy_file)
     x, w_up, routing = problem()
-    h = torch.randn(T * TOP_K, N // 2, dtype=torch.float16)
-    w_down = (torch.randn(E, N // 2, K) / 8).to(torch.float16)
+    h = torch.randn(T * TOP_K, N // 2, dtype=torch.float16).to(x.device)
+    w_down = (torch.randn(E, N // 2, K) / 8).to(x.device, torch.float16)
     with events.capture() as logs:
         moe_matmul(x, w_up, routing, "gather", policy=policy)
         moe_matmul(h, w_down, routing, "scatter", policy=policy)
