@@ -376,8 +376,10 @@ def _explain_command(args: argparse.Namespace) -> int:
         return 2
     steps = explain(gemm, args.tokens, args.arch, getattr(torch, DTYPES[args.dtype]), policy, _compiler(args))
     limit = args.arch.max_shared_mem
-    print(f"moe_matmul {gemm.mode}, {args.dtype}: {args.tokens} tokens x top-{gemm.top_k} = {args.tokens * gemm.top_k} rows, "
-          f"K {gemm.k}, N {gemm.n}, {gemm.experts} experts\non {_describe_chip(args.arch)}")
+    rows = args.tokens * gemm.top_k
+    print(f"moe_matmul {gemm.mode}, {args.dtype}: {args.tokens} tokens x top-{gemm.top_k} = {rows} rows, "
+          f"K {gemm.k}, N {gemm.n}, {gemm.experts} experts ({-(-rows // gemm.experts)} rows per expert)\n"
+          f"on {_describe_chip(args.arch)}")
     body = [
         (
             "default" if i == 0 else f"rung {i}", str(s.config), s.shared, f"{100 * s.shared / limit:.0f}%",
