@@ -50,7 +50,7 @@ def moe_matmul(
     gather:  x [T, K] -> [n_rows, N], row r = x[gather_idx[r]] @ w[e] + bias[e], rows in expert order.
     scatter: x [n_rows, K] (expert order) -> [T, N], y[t] = sum_j gammas[t, j] * (row @ w[e] + bias[e]).
     ``out``: a buffer of that shape and x's dtype to write into and return, like matmul_ogs's ``y``
-    (no allocation in gather mode; a static buffer for CUDA graphs).
+    (no allocation in gather mode; a static buffer for CUDA graphs). It must not overlap x.
     Nothing to compute (zero tokens, or none routed to a local expert) returns zeros without a launch.
     """
     if routing.n_rows == 0:

@@ -35,7 +35,8 @@ def rungs(
     those rows (a power of two, at least ``min_block_m``): the rows past them are padding, so that
     rung gives up shared memory and MMA work that computed nothing.
     """
-    allowed = [move for move in moves if move not in set(pinned)]
+    frozen = set(pinned)
+    allowed = [move for move in moves if move not in frozen]
     out: list[TileConfig] = []
     current = start
     if ladder.trim_block_m and rows_per_expert is not None and "block_m" in allowed and ladder.max_attempts > 1:
