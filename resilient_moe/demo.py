@@ -88,8 +88,10 @@ def run() -> int:
     cache = default_cache()
     runs_on = "GPU" if gpu else "Triton interpreter (CPU)"
     chip = f", every tile compiled first for virtual {where.virtual.name} ({where.virtual.examples}, limit {where.virtual.max_shared_mem} B)" if where.virtual else ""
-    print(f"resilient-moe demo: MoE layer of {layer.tokens} tokens, {layer.experts} experts, top-{layer.top_k}, "
-          f"hidden {layer.hidden}, ffn {layer.ffn}, {str(layer.dtype).removeprefix('torch.')}")
+    rows_per_expert = -(-layer.tokens * layer.top_k // layer.experts)
+    print(f"resilient-moe demo: MoE layer of {layer.tokens} tokens, {layer.experts} experts, top-{layer.top_k} "
+          f"({rows_per_expert} rows per expert), hidden {layer.hidden}, ffn {layer.ffn}, "
+          f"{str(layer.dtype).removeprefix('torch.')}")
     print(f"runs on: {runs_on}, arch {where.arch}{chip}")
     print(f"policy:  {policy_file} (default tile 256x256x64 s4 on every chip)")
     print(f"cache:   {cache.path}\n")
