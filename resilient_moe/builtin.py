@@ -8,6 +8,9 @@ No compile, no file I/O, no host-device sync.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import triton
 from torch import Tensor
@@ -29,7 +32,7 @@ from .dispatch import Call, resolve
 from .policy import Policy, active_policy
 from .reference import moe_matmul_reference
 from .routing import Routing
-from .targets import placement, shared_limit
+from .targets import Placement, placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
 _TRITON = f"triton-{triton.__version__}"
@@ -82,7 +85,7 @@ def moe_matmul(
             virtual.fits(launch.kernel, launch.args, launch.constexprs, where.virtual.name)
         return launch.run()
 
-    call = plan(x, w, bias, routing, mode, where.arch, key, out)
+    call = plan(x, w, bias, routing, mode, where.arch, key, out, _timer(x, w, bias, routing, mode, where))
     return resolve(call, attempt, policy, cache, reference)
 
 
@@ -105,6 +108,7 @@ def plan(
     arch: str,
     key: Key,
     out: Tensor | None = None,
+    timer: Callable[[TileConfig], float] | None = None,
 ) -> Call:
     """What the dispatcher needs for a miss: validated operands, the heuristic's default, event context,
     and what lets it step over a tile certain not to fit without compiling it (the kernel's lower bound
@@ -121,7 +125,48 @@ def plan(
         shared_lower_bound=smem.lower_bound(x, w, arch),
         shared_limit=shared_limit(arch, x.device),
         rows_per_expert=triton.cdiv(routing.n_rows, n_experts),
+        timer=timer,
     )
+
+
+def _timer(
+    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, where: Placement
+) -> Callable[[TileConfig], float] | None:
+    """Milliseconds of a launch of a tile on these operands, for the policy's ``ladder.compare``; None
+    where a timing means nothing or must not run: the interpreter, a virtual chip, operands off the GPU,
+    or a CUDA graph being captured. CUDA events around plain calls: no cache-flush buffer to allocate
+    (triton's do_bench takes 256 MB), so a server whose memory is spoken for can still recover."""
+    if where.interpreter or where.virtual is not None or x.device.type != "cuda":
+        return None
+    if torch.cuda.is_current_stream_capturing():
+        return None
+
+    def timer(config: TileConfig) -> float:
+        run = functools.partial(_launch_once, x, w, bias, routing, mode, config)
+        run()  # compiles; its result is dropped
+        estimate = _elapsed_ms(run, 1)
+        return _elapsed_ms(run, max(3, min(100, int(TIMED_MS / max(estimate, 1e-3)))))
+
+    return timer
+
+
+TIMED_MS = 10.0
+"""About how long one timing round of ``ladder.compare`` runs a tile (at least 3 launches, at most 100)."""
+
+
+def _launch_once(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, config: TileConfig) -> None:
+    prepare(x, w, bias, routing, mode, config).run()
+
+
+def _elapsed_ms(run: Callable[[], None], times: int) -> float:
+    """Mean device time of ``run`` over ``times`` back-to-back calls (synchronizes once)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(times):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / times
 
 
 def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None) -> Tensor:

@@ -75,6 +75,7 @@ class Call:
     shared_lower_bound: Callable[[TileConfig], int] | None = None  # bytes a tile needs at least
     shared_limit: int | None = None  # the chip's bytes per block; None: no rung is skipped uncompiled
     rows_per_expert: int | None = None  # the mean, rounded up: lets the ladder cut a block_m that only pads
+    timer: Callable[[TileConfig], float] | None = None  # ms of a launch of a tile; None where timing means nothing
 
 
 def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
@@ -124,8 +125,12 @@ def _climb(
                 failed = Attempt(config, err.name, err.required, err.limit)
             else:
                 tried.append(Attempt(config))
+                config, compared = _fastest(call, config, pending, policy)
                 cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
-                events.selected(config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **context)
+                timings = {"compared": compared} if compared else {}
+                events.selected(
+                    config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **timings, **context
+                )
                 return result
         tried.append(failed)
         if failed.resource != resource:  # a new kind of shortage: its own moves, from where we are
@@ -144,6 +149,34 @@ def _climb(
             **context,
         )
         config = following
+
+
+ROUNDS = 3
+"""Timing rounds of ``ladder.compare``: the tiles are timed in alternation and each keeps its best round,
+since a GPU's clocks ramp and drift by more than the differences compared (one tile, timed right after
+a compile, measured 16% slower than the next)."""
+
+
+def _fastest(
+    call: Call, landed: TileConfig, below: list[TileConfig], policy: Policy
+) -> tuple[TileConfig, list[dict[str, Any]]]:
+    """After a recovery, with ``ladder.compare`` and a timer: the fastest of the tile the ladder landed on
+    and the next rungs below it that fit (the first tile that fits is not always the fastest: on an H100
+    the DeepSeek-V3 prefill GEMM runs 10% faster at one stage fewer). Otherwise the landed tile."""
+    if call.timer is None or not below or policy.ladder.compare == 0:
+        return landed, []
+    candidates = [c for c in below[: policy.ladder.compare] if predicted_shortage(call, c, policy) is None]
+    best: dict[TileConfig, float] = {}
+    for _ in range(ROUNDS):
+        for config in [landed, *candidates]:
+            try:
+                ms = call.timer(config)
+            except OutOfResources:
+                candidates.remove(config)
+                continue
+            best[config] = min(ms, best.get(config, ms))
+    fastest = min(best, key=best.__getitem__)
+    return fastest, [{"config": config.as_dict(), "ms": round(ms, 4)} for config, ms in best.items()]
 
 
 def predicted_shortage(call: Call, config: TileConfig, policy: Policy) -> Attempt | None:

@@ -53,6 +53,7 @@ class Ladder(_Frozen):
     max_attempts: Annotated[int, Field(ge=1, le=64)] = 12
     skip_predicted: bool = True  # a rung the kernel's lower bound puts over the limit is not compiled
     trim_block_m: bool = True  # the first rung cuts block_m to the mean rows per expert (ladder.rungs)
+    compare: Annotated[int, Field(ge=0, le=8)] = 1  # time the landing tile against this many rungs below it
 
     @field_validator("order")
     @classmethod

@@ -14,11 +14,12 @@ from conftest import OVER_GFX950, TOP_K, E, K, N, T, policy_with, problem
 from triton.compiler.errors import CompilationError
 
 import resilient_moe as rm
-from resilient_moe import events, virtual
+from resilient_moe import builtin, events, virtual
 from resilient_moe._moe_details.launch import prepare
 from resilient_moe._moe_details.smem import lower_bound
 from resilient_moe.builtin import moe_matmul
 from resilient_moe.cache import default_cache
+from resilient_moe.dispatch import ROUNDS
 from resilient_moe.ladder import rungs
 from resilient_moe.targets import chip
 
@@ -193,3 +194,71 @@ def test_a_rung_predicted_over_the_limit_is_never_compiled(target, monkeypatch) 
     assert "required at least 196608, limit 65536" in str(err.value)
     (exhausted,) = [e for e in logs if e["event"] == "tiling.exhausted"]
     assert [a["predicted"] for a in exhausted["attempts"]] == [True, True]
+
+
+STAGE_MS = {3: 2.0, 2: 1.0, 1: 3.0}
+"""Milliseconds the GPU-timer double gives a tile by its stages: the rung below the landing one is fastest."""
+
+
+def gpu_timer_double(calls: list[rm.TileConfig]):
+    """Stands in for ``builtin._timer``: timing a launch needs a GPU, which this machine has not."""
+
+    def make(x, w, bias, routing, mode, where):
+        def timer(config: rm.TileConfig) -> float:
+            calls.append(config)
+            return STAGE_MS[config.num_stages]
+
+        return timer
+
+    return make
+
+
+@pytest.mark.parametrize("compare", [0, 2])
+def test_compare_keeps_the_fastest_of_the_landing_tile_and_the_rungs_below(compare, target, monkeypatch) -> None:
+    target("gfx950")
+    timed: list[rm.TileConfig] = []
+    monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed))
+    x, w, routing = problem()
+    policy = policy_with("gfx950", OVER_GFX950, ladder={"compare": compare})
+    with events.capture() as logs:
+        out = moe_matmul(x, w, routing, "gather", policy=policy)
+    torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    landed = rm.TileConfig(16, 256, 128, group_m=8, num_warps=4, num_stages=3)  # the block_m cut, which fits
+    if compare == 0:
+        assert timed == [] and "compared" not in selected
+        assert selected["config"] == landed.as_dict()
+        return
+    below = [landed.replace(num_stages=2), landed.replace(num_stages=1)]
+    assert timed == [landed, *below] * ROUNDS  # in alternation, each keeping its best round
+    assert selected["config"] == below[0].as_dict()
+    assert [(c["config"]["num_stages"], c["ms"]) for c in selected["compared"]] == [(3, 2.0), (2, 1.0), (1, 3.0)]
+    timed.clear()
+    with events.capture() as logs:
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    assert timed == [] and [e["event"] for e in logs] == []  # the fastest is the cached winner
+
+
+def test_compare_without_a_timer_keeps_the_landing_tile(target) -> None:
+    target("gfx950")  # the interpreter and virtual chips have no timer: nothing is timed
+    x, w, routing = problem()
+    with events.capture() as logs:
+        moe_matmul(x, w, routing, "gather", policy=policy_with("gfx950", OVER_GFX950, ladder={"compare": 2}))
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    assert selected["config"]["num_stages"] == 3 and "compared" not in selected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="times real launches: needs a GPU")
+def test_compare_times_real_launches_on_the_gpu() -> None:
+    from resilient_moe.targets import placement
+
+    x, w, routing = problem()
+    over = {"block_m": 128, "block_n": 256, "block_k": 128, "num_stages": 5}  # 491520 B on sm_90
+    policy = policy_with(placement().arch, over, ladder={"compare": 1})
+    with events.capture() as logs:
+        out = moe_matmul(x, w, routing, "gather", policy=policy)
+    torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    compared = selected["compared"]
+    assert len(compared) == 2 and all(c["ms"] > 0 for c in compared)
+    assert selected["config"] == min(compared, key=lambda c: c["ms"])["config"]
