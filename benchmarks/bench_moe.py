@@ -288,8 +288,9 @@ def section_recovery(out: Path) -> None:
 
     default_cache().clear()  # every ladder climbs from the forced default, not from an earlier run's winner
     arch = placement().arch
-    ladders = {"plain": {"ladder": {"order": ["block_n", "block_m", "num_stages"], "trim_block_m": False}},
-               "num_stages_first": {"ladder": {"trim_block_m": False}}, "default": {}}
+    first_fit = {"trim_block_m": False, "compare": 0}
+    ladders = {"plain": {"ladder": {"order": ["block_n", "block_m", "num_stages"], **first_fit}},
+               "num_stages_first": {"ladder": first_fit}, "trim_block_m": {"ladder": {"compare": 0}}, "default": {}}
     policies = {name: parse_policy({"version": 1, "arch": {arch: {"default": OVER_LIMIT}}, **extra})
                 for name, extra in ladders.items()}
     rows = []

@@ -58,7 +58,7 @@ def overhead(folder: Path) -> None:
 
 
 LADDERS = (("plain", "plain (block_n first)"), ("num_stages_first", "stages first"),
-           ("default", "default (stages first, block_m cut)"))
+           ("trim_block_m", "stages first, block_m cut"), ("default", "default (the same, `compare: 1`)"))
 
 
 def tile(c: dict) -> str:
@@ -70,12 +70,13 @@ def recovery(folder: Path) -> None:
     f = d["forced_default"]
     print(f"\n### 3. Recovery quality ({d['device']}; default forced to {tile({**f})}, 245760 B > 232448)\n")
     print("Each ratio times the landed tile and the best one in alternation (median of 3 pairs).\n")
-    print("| case | best fitting tile (sweep) | best TFLOP/s | " + " | ".join(f"{label} lands on | / best" for _, label in LADDERS) + " |")
-    print("|---|---|---|" + "---|---|" * len(LADDERS))
+    ladders = [(name, label) for name, label in LADDERS if name in d["rows"][0]["ladders"]]
+    print("| case | best fitting tile (sweep) | best TFLOP/s | " + " | ".join(f"{label} lands on | / best" for _, label in ladders) + " |")
+    print("|---|---|---|" + "---|---|" * len(ladders))
     for r in d["rows"]:
-        cells = " | ".join(f"{tile(r['ladders'][name]['landed'])} | {r['ladders'][name]['landed_vs_best']:.2f}" for name, _ in LADDERS)
+        cells = " | ".join(f"{tile(r['ladders'][name]['landed'])} | {r['ladders'][name]['landed_vs_best']:.2f}" for name, _ in ladders)
         print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} ({len(r['sweep'])} tiles) | {r['best']['tflops']:.0f} | {cells} |")
-    r = load(folder, "restart-h200.json")
+    r = load(folder, "restart-h100.json")
     print(f"\nFirst call of a recovering process ({r['device']}, {r['case']}, seconds):\n")
     print("| ladder | cold (Triton and tiling caches empty) | restart, Triton cache warm, tiling cache empty | restart with the tiling cache |")
     print("|---|---|---|---|")
