@@ -29,7 +29,7 @@ def _policy_check(args: argparse.Namespace) -> int:
     print(f"  rungs the kernel's estimate puts over the limit: {'skipped, not compiled' if ladder.skip_predicted else 'compiled'}")
     trim = "first cut to the rows per expert" if ladder.trim_block_m else "moves only in its place in the order"
     print(f"  block_m above the rows an expert gets: {trim}")
-    below = "off: the first tile that fits is kept" if ladder.compare == 0 else (
+    below = "kept: the first tile that fits wins" if ladder.compare == 0 else (
         f"timed against the {ladder.compare} fitting rung{'s' if ladder.compare > 1 else ''} below it on a GPU, "
         "the fastest kept")
     print(f"  after a recovery, the landing tile: {below}")
