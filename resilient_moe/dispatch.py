@@ -165,16 +165,19 @@ def _fastest(
     the DeepSeek-V3 prefill GEMM runs 10% faster at one stage fewer). Otherwise the landed tile."""
     if call.timer is None or not below or policy.ladder.compare == 0:
         return landed, []
-    candidates = [c for c in below[: policy.ladder.compare] if predicted_shortage(call, c, policy) is None]
+    timed = [landed, *(c for c in below[: policy.ladder.compare] if predicted_shortage(call, c, policy) is None)]
     best: dict[TileConfig, float] = {}
     for _ in range(ROUNDS):
-        for config in [landed, *candidates]:
+        for config in list(timed):
             try:
                 ms = call.timer(config)
-            except OutOfResources:
-                candidates.remove(config)
+            except OutOfResources:  # a rung below that does not fit after all: not a candidate
+                timed.remove(config)
+                best.pop(config, None)
                 continue
             best[config] = min(ms, best.get(config, ms))
+    if not best:
+        return landed, []
     fastest = min(best, key=best.__getitem__)
     return fastest, [{"config": config.as_dict(), "ms": round(ms, 4)} for config, ms in best.items()]
 
