@@ -171,13 +171,10 @@ def _fastest(
         for config in list(timed):
             try:
                 ms = call.timer(config)
-            except OutOfResources:  # a rung below that does not fit after all: not a candidate
+            except OutOfResources:  # a rung below that does not fit after all (its first compile says so)
                 timed.remove(config)
-                best.pop(config, None)
                 continue
             best[config] = min(ms, best.get(config, ms))
-    if not best:
-        return landed, []
     fastest = min(best, key=best.__getitem__)
     return fastest, [{"config": config.as_dict(), "ms": round(ms, 4)} for config, ms in best.items()]
 

@@ -63,7 +63,8 @@ class BoundLaunch:
 
     Valid only for operands whose ``operand_key`` equals the key it was bound under: that key holds
     every value that decides validation, output shape, grid and Triton's specialization. A call
-    allocates the output and hands the arguments to the compiled kernel's own launcher.
+    allocates the output (unless given ``out``) and hands the arguments to the compiled kernel's own
+    launcher.
     """
 
     launcher: Any
@@ -234,17 +235,17 @@ _TENSOR_PARAMS = ("X", "W", "Bias", "Y", "ExpertOffsets", "GatherIdx", "ScatterI
 
 
 def _tensors(
-    x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, routing: Routing, scatter: bool
+    x: Tensor, w: Tensor, bias: Tensor | None, y: Tensor, routing: Routing, scatter: bool
 ) -> tuple[Tensor | None, ...]:
     if scatter:
-        return (x, w, bias, out, routing.expert_offsets, None, routing.scatter_idx, routing.flat_gammas)
-    return (x, w, bias, out, routing.expert_offsets, routing.gather_idx, None, None)
+        return (x, w, bias, y, routing.expert_offsets, None, routing.scatter_idx, routing.flat_gammas)
+    return (x, w, bias, y, routing.expert_offsets, routing.gather_idx, None, None)
 
 
-def _sizes(x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor) -> tuple[int, ...]:
+def _sizes(x: Tensor, w: Tensor, bias: Tensor | None, y: Tensor) -> tuple[int, ...]:
     n_experts, k, n = w.shape
     bias_strides = (0, 0) if bias is None else bias.stride()
-    return (n_experts, n, k, *x.stride(), *w.stride(), *bias_strides, *out.stride())
+    return (n_experts, n, k, *x.stride(), *w.stride(), *bias_strides, *y.stride())
 
 
 def default_config(
