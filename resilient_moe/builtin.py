@@ -61,7 +61,7 @@ def moe_matmul(
         return _empty(x, w, bias, routing, mode, out)
     policy = active_policy(policy)
     cache = default_cache()
-    exact = (policy.fingerprint, operand_key(x, w, bias, routing, mode, out))
+    exact = operand_key(x, w, bias, routing, mode, out, policy.fingerprint)
     bound = cache.derived.get(exact)
     if bound is not None and not hooks_installed():
         return bound(x, w, bias, routing, out)

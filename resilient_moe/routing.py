@@ -7,6 +7,8 @@ Rows are sorted by expert, stably, which is the "expert order" the kernel consum
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,30 @@ from torch import Tensor
 
 NON_LOCAL: int = -1
 """Value of `Routing.slot_to_row` for a slot whose expert lies outside `expert_range`."""
+
+
+class LaunchLayout:
+    """One token per distinct routing launch layout (``Routing.launch_layout``): equal layouts get the
+    same token, so keys holding it hash and compare by identity. The table holds a token only while
+    a routing or a cached key uses it (every prompt length is a layout of its own)."""
+
+    __slots__ = ("fields", "__weakref__")
+    _tokens: weakref.WeakValueDictionary[tuple[Any, ...], LaunchLayout] = weakref.WeakValueDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, fields: tuple[Any, ...]) -> None:
+        self.fields = fields
+
+    @classmethod
+    def of(cls, fields: tuple[Any, ...]) -> LaunchLayout:
+        with cls._lock:
+            token = cls._tokens.get(fields)
+            if token is None:
+                token = cls._tokens[fields] = cls(fields)
+            return token
+
+    def __repr__(self) -> str:
+        return f"LaunchLayout{self.fields}"
 
 
 @dataclass(frozen=True)
@@ -42,14 +68,17 @@ class Routing:
     gammas: Tensor
 
     @functools.cached_property
-    def launch_layout(self) -> tuple[Any, ...]:
+    def launch_layout(self) -> LaunchLayout:
         """What a kernel launch reads from this routing besides the pointers: counts, dtypes, devices
-        and 16-byte alignment of each tensor. Computed once: a Routing and its tensors never change,
-        and a cached call's key would otherwise rebuild it on every call."""
+        and 16-byte alignment of each tensor. Computed once (a Routing and its tensors never change),
+        as a token shared by every routing of the same layout, so a cached call's key hashes and
+        compares it by identity instead of walking the tuple on every call."""
         tensors = (self.expert_offsets, self.gather_idx, self.scatter_idx, self.gammas)
-        return (
-            self.n_experts, self.n_tokens, self.n_rows, self.top_k,
-            *((t.dtype, t.stride(), t.data_ptr() % 16, t.get_device()) for t in tensors),
+        return LaunchLayout.of(
+            (
+                self.n_experts, self.n_tokens, self.n_rows, self.top_k,
+                *((t.dtype, t.stride(), t.data_ptr() % 16, t.get_device()) for t in tensors),
+            )
         )
 
     @functools.cached_property

@@ -181,3 +181,22 @@ def test_a_bound_launch_captures_in_a_cuda_graph(given_out: bool) -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, eager) and (out is None or captured is out)
+
+
+def test_routings_of_one_layout_share_one_token_and_others_do_not() -> None:
+    """A cached call's key holds the routing's layout token, compared by identity: equal layouts must
+    give the very same token, different ones never, and a token lives while a key holds it."""
+    import gc
+
+    from resilient_moe.routing import LaunchLayout
+
+    _, _, routing = operands()
+    _, _, same = operands(seed=1)
+    _, _, fewer = operands(t=20)
+    assert same.launch_layout is routing.launch_layout
+    assert fewer.launch_layout is not routing.launch_layout
+    held = {operand_key(*operands(t=7)[:2], None, rm.route(torch.randn(7, 4).to(DEVICE), 2), "gather"): "bound"}
+    gc.collect()
+    (key,) = held
+    again = rm.route(torch.randn(7, 4).to(DEVICE), 2)
+    assert isinstance(key[2], LaunchLayout) and again.launch_layout is key[2]
