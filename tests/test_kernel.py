@@ -201,3 +201,26 @@ def test_default_config_is_valid(arch: str | None, n_rows: int, block_m: int) ->
     assert config.block_m == block_m
     assert config.block_k == 64
     assert default_config(n_rows, 4096, 7168, 256, torch.float32, arch).block_k == 32
+
+
+def test_offsets_are_64_bit_only_where_a_tensor_spans_2_31_elements() -> None:
+    """Meta tensors: DeepSeek-V3's expert weights (7.5e9 elements) need int64 offsets, gpt-oss's do not."""
+    for (e, k, n), wide in (((8, 7168, 4096), False), ((256, 7168, 4096), True), ((128, 2880, 5760), False)):
+        routing = route(torch.empty(48, e, device="meta"), 2)
+        x = torch.empty(48, k, dtype=torch.bfloat16, device="meta")
+        w = torch.empty(e, k, n, dtype=torch.bfloat16, device="meta")
+        assert prepare(x, w, None, routing, "gather", SMALL).constexprs["INDEX_64"] is wide, (e, k, n)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+def test_the_64_bit_offset_path_gives_the_same_result(mode: str) -> None:
+    """Small operands never need it, so it is forced here: the kernel's INDEX_64 branch is exact too."""
+    routing = random_routing()
+    config = SMALL.replace(block_m=32, block_n=64)
+    x, w, bias = operands(routing, mode, 80, 96, torch.float32, True)
+    launch = prepare(x, w, bias, routing, mode, config)
+    assert launch.constexprs["INDEX_64"] is False
+    launch.kernel[launch.grid](*launch.args, **{**launch.constexprs, "INDEX_64": True})
+    expected = moe_matmul_reference(x, w, routing, mode, bias)
+    torch.testing.assert_close(launch.finish(), expected, atol=TOL[torch.float32], rtol=TOL[torch.float32])

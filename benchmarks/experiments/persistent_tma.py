@@ -21,7 +21,8 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                 EXPERTS_POW2: tl.constexpr, SCATTER: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
                 W_TMA: tl.constexpr, X_TMA: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr = False,
-                TileExpert=None, TileStart=None, TileCount=None, MAPPED: tl.constexpr = False):
+                TileExpert=None, TileStart=None, TileCount=None, MAPPED: tl.constexpr = False,
+                Y_TMA: tl.constexpr = False):
     if MAPPED:  # tile map precomputed (experiments/tile_map.py): two loads a tile instead of reductions
         num_pid_m = tl.load(TileCount)
     else:
@@ -57,10 +58,16 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
             acc = tl.dot(x, w, acc)
             x_ptrs += BLOCK_K * stride_xk
             w_ptrs += BLOCK_K * stride_wk
-        store_tile(Y, acc, rows, row_mask, offs_n, offs_n < N, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER)
+        if Y_TMA:  # gather mode: a descriptor ending at the expert's last row, so the box stops there
+            ydesc = tl.make_tensor_descriptor(Y, [row_end, N], [stride_ym, 1], [BLOCK_M, BLOCK_N])
+            ydesc.store([row_start, pid_n * BLOCK_N], acc.to(Y.dtype.element_ty))
+        else:
+            store_tile(Y, acc, rows, row_mask, offs_n, offs_n < N, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER,
+                       tl.int64)
 
 
-def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False, tmap=None):
+def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False, tmap=None,
+                      y_tma=False):
     E, K, N = w.shape
     scatter = mode == "scatter"
     slots = routing.n_tokens * routing.top_k
@@ -74,7 +81,8 @@ def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_t
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, EXPERTS_POW2=triton.next_power_of_2(E), SCATTER=scatter,
         NUM_PROGRAMS=programs, W_TMA=w_tma, X_TMA=x_tma, FLATTEN=flatten, WS=ws,
         TileExpert=None if tmap is None else tmap[0], TileStart=None if tmap is None else tmap[1],
-        TileCount=None if tmap is None else tmap[2], MAPPED=tmap is not None, num_warps=warps, num_stages=stages)
+        TileCount=None if tmap is None else tmap[2], MAPPED=tmap is not None, Y_TMA=y_tma, num_warps=warps,
+        num_stages=stages)
     return out.view(routing.n_tokens, routing.top_k, N).sum(1) if scatter else out
 
 

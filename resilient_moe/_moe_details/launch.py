@@ -219,12 +219,20 @@ def prepare(
         "HAS_BIAS": bias is not None,
         "EVEN_K": k % config.block_k == 0,
         "EVEN_N": n % config.block_n == 0,
+        "INDEX_64": any(_spans_int32(t) for t in (x, w, bias, y)),
         "IEEE_FP32": x.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest",
         "num_warps": config.num_warps,
         "num_stages": config.num_stages,
     }
     finish = functools.partial(_result, y, routing, scatter, out)
     return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, y, finish)
+
+
+def _spans_int32(tensor: Tensor | None) -> bool:
+    """Whether an element offset into ``tensor`` can exceed int32 (its last element's, strides >= 0)."""
+    if tensor is None:
+        return False
+    return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) >= 2**31
 
 
 def _output(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
