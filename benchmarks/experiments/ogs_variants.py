@@ -1,0 +1,125 @@
+"""Experiment (not a library path): which of matmul_ogs's choices makes it faster than ours on prefill.
+
+    python benchmarks/experiments/ogs_variants.py OUT_DIR [persistent|index]   # GPU, upstream triton_kernels on PYTHONPATH
+
+matmul_ogs v3.5.1 runs the same tile as our default on Hopper prefill (128x256x64, 8 warps). Every
+family times, in rotating rounds so that clock drift hits every variant alike (best round each), matmul_ogs as it
+chooses, matmul_ogs held non-persistent, and ours, then:
+- "persistent" (the default): the kernel of ``persistent_tma.py`` with W through TMA, with Y stored
+  through a per-tile TMA descriptor (gather) or X loaded through one (scatter), persistent and with
+  one tile per program (matmul_ogs is persistent with TMA on Hopper);
+- "index": our kernel with 64-bit offsets everywhere, as it was before INDEX_64 (matmul_ogs computes
+  offsets in int32 where no tensor spans 2**31 elements). A first run also tried reading W's columns
+  modulo N instead of masking a ragged last n-tile, as matmul_ogs does: no faster on gpt-oss (N=5760
+  and 2880), 0 to 4% slower, so it was not kept.
+"""
+import functools
+import json
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from persistent_tma import launch_persistent  # noqa: E402
+
+ROUNDS = 5
+TILE = (128, 256, 64)
+
+
+def persistent_variants(a, w, routing, mode, n):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = (triton.cdiv(routing.n_rows, TILE[0]) + w.shape[0]) * triton.cdiv(n, TILE[1])
+    gather = mode == "gather"
+    run = functools.partial(launch_persistent, a, w, routing, mode, *TILE)
+    return {
+        "p_wtma_s3": lambda: run(3, 8, True, False, True, sms),
+        "p_wtma_s4": lambda: run(4, 8, True, False, True, sms),
+        "p_wtma_io_s3": lambda: run(3, 8, True, not gather, True, sms, y_tma=gather),
+        "np_wtma_s4": lambda: run(4, 8, True, False, False, tiles),
+        "np_wtma_io_s3": lambda: run(3, 8, True, not gather, False, tiles, y_tma=gather),
+    }
+
+
+def index_variants(a, w, routing, mode):
+    """Ours on its cached tile, launched through the JIT as it is and with 64-bit offsets."""
+    from resilient_moe._moe_details.launch import prepare
+    from resilient_moe.builtin import cache_key
+    from resilient_moe.cache import default_cache
+    from resilient_moe.policy import active_policy
+    from resilient_moe.targets import placement
+
+    winner = default_cache().lookup(cache_key(a, w, None, routing, mode, placement().arch, active_policy()))
+    launch = prepare(a, w, None, routing, mode, winner)
+
+    def run(changes):
+        launch.kernel[launch.grid](*launch.args, **{**launch.constexprs, **changes})
+        return launch.finish()
+
+    return {
+        "ours_same_kernel_jit": functools.partial(run, {}),
+        "ours_int64": functools.partial(run, {"INDEX_64": True}),
+    }, {"tile": winner.as_dict(), **{k: launch.constexprs[k] for k in ("INDEX_64", "EVEN_N")}}
+
+
+def main() -> None:
+    from triton.testing import do_bench
+    import resilient_moe as rm
+    from bench_moe import CASES, gemms, upstream
+
+    out_dir = sys.argv[1]
+    family = sys.argv[2] if len(sys.argv) > 2 else "persistent"
+    up = upstream()
+    if not up:
+        raise SystemExit("needs upstream triton_kernels on PYTHONPATH")
+    from triton_kernels.matmul_ogs_details import opt_flags
+
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
+    rows = []
+    for g in gemms(CASES[:3], (False, True), up):
+        routing, a, w, mode = g.routing, g.x, g.w, g.mode
+        ogs = g.upstream_call(up[0])
+
+        def ogs_np():
+            opt_flags.update_opt_flags_constraints({"is_persistent": False})
+            try:
+                return ogs()
+            finally:
+                opt_flags.reset_opt_flags_constraints()
+
+        ref = rm.moe_matmul(a, w, routing, mode).float()
+        row = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "ms": {}, "errors": {}}
+        variants = {"ours": lambda: rm.moe_matmul(a, w, routing, mode), "ogs": ogs, "ogs_non_persistent": ogs_np}
+        if family == "index":
+            more, row["ours"] = index_variants(a, w, routing, mode)
+            variants.update(more)
+        else:
+            variants.update(persistent_variants(a, w, routing, mode, g.n))
+        for name, fn in list(variants.items()):
+            try:
+                y = fn()
+                if not name.startswith("ogs"):
+                    err = float(((y.float() - ref).abs().max() / ref.abs().max()).item())
+                    if err > 2e-2:
+                        raise AssertionError(f"wrong: relative error {err:.3g}")
+            except Exception as err:
+                row["errors"][name] = f"{type(err).__name__}: {str(err)[:200]}"
+                del variants[name]
+        names = list(variants)
+        for r in range(ROUNDS):  # each round starts one variant later: none always runs first
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t = float(do_bench(variants[name], warmup=5, rep=25, return_mode="median"))
+                row["ms"][name] = min(t, row["ms"].get(name, t))
+        row["tflops"] = {name: round(g.flops / t / 1e9) for name, t in row["ms"].items()}
+        row["vs_ogs"] = {name: round(row["ms"]["ogs"] / t, 3) for name, t in row["ms"].items()}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        with open(os.path.join(out_dir, f"experiment-ogs-variants-{family}.json"), "w") as f:  # each row: runs are long
+            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
