@@ -41,7 +41,7 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
             expert, pid_n, row_start, row_end = tile_of(t, m_tiles_end, m_tiles, row_lo, row_hi, experts, num_pid_m, num_pid_n, BLOCK_M, GROUP_M)
         rows = row_start + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
-        x_rows = source_rows(rows, row_mask, row_start, GatherIdx, SCATTER)
+        x_rows = source_rows(rows, row_start, row_end, GatherIdx, SCATTER)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         x_ptrs = X + x_rows.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
         w_ptrs = W + expert.to(tl.int64) * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn

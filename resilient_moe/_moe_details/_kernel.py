@@ -117,7 +117,7 @@ def tile_matmul(
     index: tl.constexpr = tl.int64 if INDEX_64 else tl.int32
     rows = row_start + tl.arange(0, BLOCK_M)
     row_mask = rows < row_end
-    x_rows = source_rows(rows, row_mask, row_start, GatherIdx, SCATTER)
+    x_rows = source_rows(rows, row_start, row_end, GatherIdx, SCATTER)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
@@ -160,13 +160,15 @@ def tile_matmul(
 
 
 @triton.jit
-def source_rows(rows, row_mask, row_start, GatherIdx, SCATTER: tl.constexpr):
-    """The X row each tile row reads. Rows past the expert's end read a valid row (their results are
-    never stored), so the K loop needs no M mask."""
-    if SCATTER:
-        x_rows = tl.where(row_mask, rows, row_start)
-    else:
-        x_rows = tl.load(GatherIdx + rows, mask=row_mask, other=0)
+def source_rows(rows, row_start, row_end, GatherIdx, SCATTER: tl.constexpr):
+    """The X row each tile row reads. Rows past the expert's end wrap onto the tile's own rows (their
+    results are never stored), so the K loop needs no M mask. Not one fixed row: reading X[0] there
+    made every padded tile of the grid read that one row at once, and reading the tile's first row
+    made all its padding lanes read one row; either cost the gather mode up to 17% on an H100
+    (experiments/gather_form.py)."""
+    x_rows = row_start + (rows - row_start) % (row_end - row_start)
+    if not SCATTER:
+        x_rows = tl.load(GatherIdx + x_rows)
     return x_rows
 
 
