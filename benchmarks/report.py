@@ -16,7 +16,7 @@ def load(folder: Path, name: str):
 
 def kernel(folder: Path) -> None:
     data = load(folder, "kernel-h100.json")
-    print(f"### 1. Kernel speed ({data['device']}, bf16, one run)\n")
+    print(f"### 1. Kernel speed ({data['device']}, bf16, one run; each peer the best of three rotating rounds)\n")
     print("| case | gemm | routing | ours TFLOP/s | matmul_ogs v3.5.1 | torch._grouped_mm | ours / best peer | ours weight GB/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in data["rows"]:
@@ -31,7 +31,8 @@ def overhead(folder: Path) -> None:
     h, q, g = d["host_us"], d["queued_host_us"], d["cuda_graph"]
     print(f"\n### 2. Host cost of a call ({d['device']}, deepseek-v3 decode up-projection)\n")
     print("Two timings per path: one call with the GPU idle before it (median of 2000), and calls issued back "
-          "to back as a server does, the host running ahead of the GPU (median of 7 runs of 50).\n")
+          "to back as a server does, the host running ahead of the GPU (each call timed alone, the paths "
+          f"interleaved call by call, median of {d['queued_calls_per_path']} calls per path).\n")
     print("| path | host us, one call | host us, back to back |\n|---|---|---|")
     rows = [
         ("Triton JIT launch of the compiled kernel (`kernel[grid](*args, **constexprs)`)", "jit_launch"),
@@ -49,7 +50,9 @@ def overhead(folder: Path) -> None:
             print(f"| {label} | {h[key]:.1f} | {queued} |")
     parts = ", ".join(f"{name.replace('_', ' ')} {us:.1f}" for name, us in d["parts_us"].items())
     print(f"\nBack to back: `moe_matmul(out=)` minus the compiled launcher "
-          f"**{d['queued_extra_us_with_out_vs_compiled_launch']:+.1f} us**; `moe_matmul` minus the compiled launcher "
+          f"**{d['queued_extra_us_with_out_vs_compiled_launch']:+.1f} us** (median of the paired differences, each "
+          f"pair timed in one sweep: {d['queued_paired_extra_us_with_out_vs_compiled_launch']:+.1f} us); "
+          f"`moe_matmul` minus the compiled launcher "
           f"with allocation **{d['queued_extra_us_vs_compiled_launch_with_allocation']:+.1f} us**. One call: "
           f"{d['extra_us_with_out_vs_compiled_launch']:+.1f} and {d['extra_us_vs_compiled_launch_with_allocation']:+.1f} us; "
           f"against the JIT launch {d['extra_us_vs_jit_launch']:+.1f} us. Pieces timed alone (us): {parts}. "
