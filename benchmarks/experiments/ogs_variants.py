@@ -39,6 +39,8 @@ def persistent_variants(a, w, routing, mode, n):
         "p_wtma_s3": lambda: run(3, 8, True, False, True, sms),
         "p_wtma_s4": lambda: run(4, 8, True, False, True, sms),
         "p_wtma_io_s3": lambda: run(3, 8, True, not gather, True, sms, y_tma=gather),
+        "p_wtma_ws_s3": lambda: run(3, 8, True, False, True, sms, True),
+        "p_wtma_io_ws_s3": lambda: run(3, 8, True, not gather, True, sms, True, y_tma=gather),
         "np_wtma_s4": lambda: run(4, 8, True, False, False, tiles),
         "np_wtma_io_s3": lambda: run(3, 8, True, not gather, False, tiles, y_tma=gather),
     }
