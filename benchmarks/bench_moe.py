@@ -59,20 +59,17 @@ def logits_for(case: Case, skew: bool, seed: int = 0) -> torch.Tensor:
     return logits
 
 
-def ms(fn: Callable[[], Any]) -> float:
-    return float(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+def ms(fn: Callable[[], Any], rep: int = 60) -> float:
+    return float(do_bench(fn, warmup=10, rep=rep, return_mode="median"))
 
 
-ROUNDS = 3
-
-
-def rounds(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
-    """Best of ``ROUNDS`` medians of each, the rounds rotating which runs first: clocks drift with the
+def rounds(fns: dict[str, Callable[[], Any]], n: int = 3, rep: int = 60) -> dict[str, float]:
+    """Best of ``n`` medians of each, the rounds rotating which runs first: clocks drift with the
     chip's power and heat by more than the differences measured (one kernel timed 7% apart in a run)."""
     names, best = list(fns), {}
-    for r in range(ROUNDS):
+    for r in range(n):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            t = ms(fns[name])
+            t = ms(fns[name], rep)
             best[name] = min(t, best.get(name, t))
     return best
 
@@ -105,12 +102,27 @@ class Gemm:
     def flops(self) -> float:
         return 2.0 * self.routing.n_rows * self.k * self.n
 
-    def upstream_call(self, matmul_ogs: Callable[..., Any]) -> Callable[[], Any]:
-        """matmul_ogs on the same operands: gather fused into the up-projection, gamma-weighted scatter into the down."""
+    def upstream_call(self, matmul_ogs: Callable[..., Any], constraints: dict[str, Any] | None = None) -> Callable[[], Any]:
+        """matmul_ogs on the same operands: gather fused into the up-projection, gamma-weighted scatter into
+        the down; ``constraints`` hold its opt flags for the call (``{"is_persistent": False}``)."""
         rdata, gather, scatter = self.upstream_routing
         if self.mode == "gather":
-            return lambda: matmul_ogs(self.x, self.w, None, rdata, gather_indx=gather)
-        return lambda: matmul_ogs(self.x, self.w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
+            call = functools.partial(matmul_ogs, self.x, self.w, None, rdata, gather_indx=gather)
+        else:
+            call = functools.partial(matmul_ogs, self.x, self.w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
+        if not constraints:
+            return call
+
+        def constrained() -> Any:
+            from triton_kernels.matmul_ogs_details import opt_flags
+
+            opt_flags.update_opt_flags_constraints(constraints)
+            try:
+                return call()
+            finally:
+                opt_flags.reset_opt_flags_constraints()
+
+        return constrained
 
 
 def gemms(cases: list[Case], skews: tuple[bool, ...], up: Any | None) -> Iterator[Gemm]:

@@ -93,10 +93,8 @@ def launch(x, w, routing, config, index_64, **flags):
 
 
 def main() -> None:
-    from triton.testing import do_bench
-
     import resilient_moe as rm
-    from bench_moe import CASES, gemms, upstream
+    from bench_moe import CASES, gemms, rounds, upstream
     from resilient_moe._moe_details.launch import prepare
     from resilient_moe.builtin import cache_key
     from resilient_moe.cache import default_cache
@@ -105,8 +103,8 @@ def main() -> None:
 
     out_dir = sys.argv[1]
     up = upstream()
-    from triton_kernels.matmul_ogs_details import opt_flags
-
+    if not up:
+        raise SystemExit("needs upstream triton_kernels on PYTHONPATH")
     rows = []
     for g in gemms(CASES[:3], (False, True), up):
         if g.mode != "gather":
@@ -115,14 +113,7 @@ def main() -> None:
         ref = rm.moe_matmul(a, w, routing, "gather")
         config = default_cache().lookup(cache_key(a, w, None, routing, "gather", placement().arch, active_policy()))
         index_64 = prepare(a, w, None, routing, "gather", config).constexprs["INDEX_64"]
-        ogs = g.upstream_call(up[0])
-
-        def ogs_np():
-            opt_flags.update_opt_flags_constraints({"is_persistent": False})
-            try:
-                return ogs()
-            finally:
-                opt_flags.reset_opt_flags_constraints()
+        ogs_np = g.upstream_call(up[0], {"is_persistent": False})
 
         variants = {"ours": lambda: rm.moe_matmul(a, w, routing, "gather"), "ogs_non_persistent": ogs_np}
         for flags in ("", "ASSUME", "WRAP_ROWS", "SCALAR_BASE", "ASSUME WRAP_ROWS SCALAR_BASE"):
@@ -134,11 +125,7 @@ def main() -> None:
             y = fn()
             if name.startswith("form") and not torch.equal(y, ref):
                 row["errors"][name] = f"differs from ours: {float((y.float() - ref.float()).abs().max())}"
-        names = list(variants)
-        for r in range(5):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                t = float(do_bench(variants[name], warmup=5, rep=25, return_mode="median"))
-                row["ms"][name] = min(t, row["ms"].get(name, t))
+        row["ms"] = rounds(variants, 5, rep=25)
         row["tflops"] = {name: round(g.flops / t / 1e9) for name, t in row["ms"].items()}
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -68,29 +68,20 @@ def index_variants(a, w, routing, mode):
 
 
 def main() -> None:
-    from triton.testing import do_bench
     import resilient_moe as rm
-    from bench_moe import CASES, gemms, upstream
+    from bench_moe import CASES, gemms, rounds, upstream
 
     out_dir = sys.argv[1]
     family = sys.argv[2] if len(sys.argv) > 2 else "persistent"
     up = upstream()
     if not up:
         raise SystemExit("needs upstream triton_kernels on PYTHONPATH")
-    from triton_kernels.matmul_ogs_details import opt_flags
-
     triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
     rows = []
     for g in gemms(CASES[:3], (False, True), up):
         routing, a, w, mode = g.routing, g.x, g.w, g.mode
         ogs = g.upstream_call(up[0])
-
-        def ogs_np():
-            opt_flags.update_opt_flags_constraints({"is_persistent": False})
-            try:
-                return ogs()
-            finally:
-                opt_flags.reset_opt_flags_constraints()
+        ogs_np = g.upstream_call(up[0], {"is_persistent": False})
 
         ref = rm.moe_matmul(a, w, routing, mode).float()
         row = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "ms": {}, "errors": {}}
@@ -110,11 +101,7 @@ def main() -> None:
             except Exception as err:
                 row["errors"][name] = f"{type(err).__name__}: {str(err)[:200]}"
                 del variants[name]
-        names = list(variants)
-        for r in range(ROUNDS):  # each round starts one variant later: none always runs first
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                t = float(do_bench(variants[name], warmup=5, rep=25, return_mode="median"))
-                row["ms"][name] = min(t, row["ms"].get(name, t))
+        row["ms"] = rounds(variants, ROUNDS, rep=25)
         row["tflops"] = {name: round(g.flops / t / 1e9) for name, t in row["ms"].items()}
         row["vs_ogs"] = {name: round(row["ms"]["ogs"] / t, 3) for name, t in row["ms"].items()}
         print(json.dumps(row), flush=True)

@@ -20,10 +20,8 @@ ROUNDS = 5
 
 
 def main() -> None:
-    from triton.testing import do_bench
-
     import resilient_moe as rm
-    from bench_moe import CASES, gemms, upstream
+    from bench_moe import CASES, gemms, rounds, upstream
     from resilient_moe._moe_details.launch import prepare
 
     out_dir = sys.argv[1]
@@ -41,12 +39,7 @@ def main() -> None:
                     lambda t: prepare(a, w, None, routing, mode, t).run(), tile)
         for fn in variants.values():
             fn()
-        best: dict[str, float] = {}
-        names = list(variants)
-        for r in range(ROUNDS):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                t = float(do_bench(variants[name], warmup=5, rep=25, return_mode="median"))
-                best[name] = min(t, best.get(name, t))
+        best = rounds(variants, ROUNDS, rep=25)
         row = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "k": g.k, "n": g.n,
                "rows_per_expert": -(-routing.n_rows // g.case.experts), "ms": best,
                "tflops": {name: round(g.flops / t / 1e9) for name, t in best.items()}}
