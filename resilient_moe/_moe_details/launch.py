@@ -71,6 +71,7 @@ class BoundLaunch:
     function: Any
     metadata: Any
     stream_of: Callable[[int], int]
+    device: int  # x's device index, part of the operand key: the stream is looked up without asking x
     grid: int
     n: int
     scatter: bool
@@ -87,6 +88,7 @@ class BoundLaunch:
             function=compiled.function,
             metadata=compiled.packed_metadata,
             stream_of=driver.active.get_current_stream,
+            device=launch.args[0].get_device(),
             grid=launch.grid[0],
             n=launch.y.shape[1],
             scatter=bool(launch.constexprs["SCATTER"]),
@@ -98,14 +100,14 @@ class BoundLaunch:
             y = _output(x, self.n, routing, True, out)
             tensors = _tensors(x, w, bias, y, routing, True)
             self.launcher(
-                self.grid, 1, 1, self.stream_of(x.get_device()), self.function, self.metadata, None, None, None,
+                self.grid, 1, 1, self.stream_of(self.device), self.function, self.metadata, None, None, None,
                 *tensors, *self.tail,
             )
             return _result(y, routing, True, out)
         # gather, the decode path: written out, since each helper call is a measurable share of the launch
         y = x.new_empty(routing.n_rows, self.n) if out is None else out
         self.launcher(
-            self.grid, 1, 1, self.stream_of(x.get_device()), self.function, self.metadata, None, None, None,
+            self.grid, 1, 1, self.stream_of(self.device), self.function, self.metadata, None, None, None,
             x, w, bias, y, routing.expert_offsets, routing.gather_idx, None, None, *self.tail,
         )
         return y
