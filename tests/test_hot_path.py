@@ -58,18 +58,27 @@ def test_a_bound_launch_keeps_the_sizes_after_the_tensor_parameters() -> None:
     assert len(launch.args) + len(launch.constexprs) - 2 == len(names)  # num_warps, num_stages are options
 
 
-def test_profiler_hooks_are_seen() -> None:
+@pytest.mark.parametrize("name", ["launch_enter_hook", "launch_exit_hook"])
+def test_profiler_hooks_are_seen_added_to_a_chain_or_set_in_its_place(name: str) -> None:
     from triton import knobs
 
     def hook(metadata) -> None:
         pass
 
     assert not hooks_installed()
-    knobs.runtime.launch_exit_hook.add(hook)
+    chain = getattr(knobs.runtime, name)
+    chain.add(hook)
     try:
         assert hooks_installed()
     finally:
-        knobs.runtime.launch_exit_hook.remove(hook)
+        chain.remove(hook)
+    assert not hooks_installed()
+    setattr(knobs.runtime, name, hook)  # the older way: a plain callable instead of the chain
+    try:
+        assert hooks_installed()
+    finally:
+        setattr(knobs.runtime, name, chain)
+    assert not hooks_installed()
 
 
 def test_fp32_keys_follow_the_matmul_precision() -> None:
