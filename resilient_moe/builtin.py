@@ -1,8 +1,8 @@
 """The builtin backend: ``moe_matmul``, our own MoE GEMM with gather/scatter, behind the dispatcher.
 
 The hot path of a call whose exact operands were seen before is: an emptiness check, the operand
-key, one dict lookup, the output allocation (none with ``out`` in gather mode) and the compiled
-kernel's own launcher (Triton's JIT front end ran once, on the first call). A new shape in a known
+key, one dict lookup, the launch-hook check, the output allocation (none with ``out`` in gather mode)
+and the compiled kernel's own launcher (Triton's JIT front end ran once, on the first call). A new shape in a known
 shape class costs one JIT launch.
 No compile, no file I/O, no host-device sync.
 """
