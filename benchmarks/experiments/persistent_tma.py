@@ -5,7 +5,10 @@
 Run on an H200 on 2026-11-22 (results/experiment-persistent-tma-h200.json, ...-ws-h200.json): the persistent
 loop with W (and, in scatter mode, X) through TMA descriptors reached 0.98 to 1.07 of matmul_ogs on Mixtral
 and gpt-oss down, but not on the gather-mode many-expert prefills (0.76 to 0.87), so the builtin kernel
-stays non-persistent; benchmarks/README.md has the table.
+stays non-persistent; benchmarks/README.md has the table. Y_TMA (gather mode: Y stored through a
+descriptor built per tile, ending at the expert's last row) was added for ogs_variants.py; rerun
+there on an H100 after the padding-row fix, these variants were level with or behind the builtin
+kernel (results/experiment-ogs-variants-persistent-wrapped-h100.json).
 """
 import json, os, sys
 
