@@ -2,9 +2,8 @@
 
 The hot path of a call whose exact operands were seen before is: an emptiness check, the operand
 key, one dict lookup, the launch-hook check, the output allocation (none with ``out`` in gather mode)
-and the compiled kernel's own launcher (Triton's JIT front end ran once, on the first call). A new shape in a known
-shape class costs one JIT launch.
-No compile, no file I/O, no host-device sync.
+and the compiled kernel's own launcher (Triton's JIT front end ran once, on the first call). A new
+shape in a known shape class costs one JIT launch. No compile, no file I/O, no host-device sync.
 """
 
 from __future__ import annotations
