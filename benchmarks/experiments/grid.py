@@ -14,10 +14,11 @@ device time per kernel (torch.profiler), rotating rounds, best round each:
   rows over block_m), each program taking tiles pid, pid + grid, ...: no program is ever empty;
 - persistent: one program per SM, the same loop.
 
-Run on an H100 (results/experiment-grid-h100.json): the exact grid is no faster than the bound (within
-1% either way on all 12 GEMMs, 4 and 3 stages), so the empty programs cost nothing measurable; the
-looped forms are level or 1 to 9% slower. The grid stays; what is left against matmul_ogs (GEMM
-kernel alone, 4 stages: 0.94 to 1.03) is inside the K loop.
+Run on an H100 (results/experiment-grid-h100.json): with the default 4 stages the exact grid runs at
+0.98 to 1.02 of the bound on all 12 GEMMs, so the empty programs cost nothing measurable there (at 3
+stages up to 1.07, on Mixtral down); the looped forms run at 0.95 to 1.01 (lower) and 0.83 to 1.01
+(persistent). The grid stays; what is left against matmul_ogs (GEMM kernel alone, 4 stages: 0.94 to
+1.04) is inside the K loop.
 """
 import dataclasses
 import json
