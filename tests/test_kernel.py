@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from resilient_moe._moe_details.launch import KernelLaunch, default_config, prepare
+from resilient_moe._moe_details.launch import KernelLaunch, _slot_sum, default_config, prepare
 from resilient_moe.config import TileConfig
 from resilient_moe.reference import moe_matmul_reference
 from resilient_moe.routing import Routing, route
@@ -224,3 +224,19 @@ def test_the_64_bit_offset_path_gives_the_same_result(mode: str) -> None:
     launch.kernel[launch.grid](*launch.args, **{**launch.constexprs, "INDEX_64": True})
     expected = moe_matmul_reference(x, w, routing, mode, bias)
     torch.testing.assert_close(launch.finish(), expected, atol=TOL[torch.float32], rtol=TOL[torch.float32])
+
+
+@needs_kernel
+@pytest.mark.parametrize("top_k", [1, 2, 3, 8])
+@pytest.mark.parametrize("index_64", [False, True])
+def test_the_slot_sum_adds_each_tokens_slots_into_any_strided_out(top_k: int, index_64: bool) -> None:
+    """Scatter mode's second kernel against an fp32 sum; the output a transposed view, one
+    program's columns past N masked (N=40 < BLOCK_N), the 64-bit offset branch forced."""
+    routing = random_routing(n_tokens=12, top_k=top_k)
+    y = torch.randn(12 * top_k, 40, generator=torch.Generator().manual_seed(top_k)).to(DEVICE, torch.float16)
+    out = torch.full((40, 12), float("nan"), dtype=torch.float16, device=DEVICE).t()
+    summed = _slot_sum(y, routing, out)
+    summed.kernel[summed.grid](*summed.args, **{**summed.constexprs, "INDEX_64": index_64})
+    expected = y.float().view(12, top_k, 40).sum(dim=1)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-3)
+

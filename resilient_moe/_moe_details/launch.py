@@ -6,7 +6,6 @@ launch can be prepared from meta tensors to compile for a chip that is not prese
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from triton.runtime.driver import driver
 
 from ..config import TileConfig
 from ..routing import Routing
-from ._kernel import _moe_matmul_kernel
+from ._kernel import _moe_matmul_kernel, _slot_sum_kernel
 
 Mode = Literal["gather", "scatter"]
 MODES: tuple[Mode, ...] = ("gather", "scatter")
@@ -43,13 +42,20 @@ class KernelLaunch:
     args: tuple[Any, ...]
     constexprs: dict[str, int | bool]
     y: Tensor  # what the kernel writes: the output, or in scatter mode the per-slot rows
-    finish: Callable[[], Tensor]
+    result: Tensor  # what the call returns: y, or in scatter mode the slot sum's output
+    then: KernelLaunch | None = None  # scatter mode: the slot sum, launched by finish()
 
     def launch(self) -> Any:
         """Launch through Triton's JIT (compiling on first use); returns what the JIT returns."""
         if self.grid[0] > 0:
             return self.kernel[self.grid](*self.args, **self.constexprs)
         return None
+
+    def finish(self) -> Tensor:
+        """The result, once what follows the launch (scatter mode's slot sum) has been launched."""
+        if self.then is not None:
+            self.then.launch()
+        return self.result
 
     def run(self) -> Tensor:
         self.launch()
@@ -64,7 +70,7 @@ class BoundLaunch:
     Valid only for operands whose ``operand_key`` equals the key it was bound under: that key holds
     every value that decides validation, output shape, grid and Triton's specialization. A call
     allocates the output (unless given ``out``) and hands the arguments to the compiled kernel's own
-    launcher.
+    launcher; in scatter mode the slot sum follows, bound the same way.
     """
 
     launcher: Any
@@ -76,13 +82,13 @@ class BoundLaunch:
     n: int
     scatter: bool
     tail: tuple[Any, ...]  # sizes and strides (fixed by the operand key), then the constexpr values
+    slot_sum: BoundSum | None  # scatter mode's second kernel
 
     @classmethod
     def bind(cls, launch: KernelLaunch, compiled: Any) -> BoundLaunch | None:
         """The bound form of a launch the JIT just ran; None where there is nothing to bind (interpreter)."""
         if not isinstance(compiled, CompiledKernel):
             return None
-        names = launch.kernel.arg_names[len(launch.args):]
         return cls(
             launcher=compiled.run,
             function=compiled.function,
@@ -92,18 +98,21 @@ class BoundLaunch:
             grid=launch.grid[0],
             n=launch.y.shape[1],
             scatter=bool(launch.constexprs["SCATTER"]),
-            tail=(*launch.args[len(_TENSOR_PARAMS):], *(launch.constexprs[name] for name in names)),
+            tail=_tail(launch, len(_TENSOR_PARAMS)),
+            slot_sum=None if launch.then is None else BoundSum.bind(launch.then),
         )
 
     def __call__(self, x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, out: Tensor | None) -> Tensor:
         if self.scatter:
-            y = _output(x, self.n, routing, True, out)
-            tensors = _tensors(x, w, bias, y, routing, True)
+            stream = self.stream_of(self.device)
+            y = _output(x, self.n, routing, True, None)
             self.launcher(
-                self.grid, 1, 1, self.stream_of(self.device), self.function, self.metadata, None, None, None,
-                *tensors, *self.tail,
+                self.grid, 1, 1, stream, self.function, self.metadata, None, None, None,
+                *_tensors(x, w, bias, y, routing, True), *self.tail,
             )
-            return _result(y, routing, True, out)
+            result = x.new_empty(routing.n_tokens, self.n) if out is None else out
+            self.slot_sum(stream, y, result)
+            return result
         # gather, the decode path: written out, since each helper call is a measurable share of the launch
         y = x.new_empty(routing.n_rows, self.n) if out is None else out
         self.launcher(
@@ -111,6 +120,33 @@ class BoundLaunch:
             x, w, bias, y, routing.expert_offsets, routing.gather_idx, None, None, *self.tail,
         )
         return y
+
+
+@dataclass(frozen=True)
+class BoundSum:
+    """Scatter mode's slot sum bound like the GEMM before it: its grid, sizes and constexprs are fixed
+    by the same operand key (token count, top_k, N, the output's strides)."""
+
+    launcher: Any
+    function: Any
+    metadata: Any
+    grid: tuple[int, int]
+    tail: tuple[Any, ...]
+
+    @classmethod
+    def bind(cls, launch: KernelLaunch) -> BoundSum:
+        """Compiled through the JIT's own specialization (a cache hit once it has run), not launched."""
+        compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.constexprs)
+        return cls(compiled.run, compiled.function, compiled.packed_metadata, launch.grid, _tail(launch, 2))
+
+    def __call__(self, stream: int, y: Tensor, out: Tensor) -> None:
+        self.launcher(*self.grid, 1, stream, self.function, self.metadata, None, None, None, y, out, *self.tail)
+
+
+def _tail(launch: KernelLaunch, tensors: int) -> tuple[Any, ...]:
+    """A launch's arguments after its first ``tensors`` tensors, then its constexpr values in kernel order."""
+    names = launch.kernel.arg_names[len(launch.args):]
+    return (*launch.args[tensors:], *(launch.constexprs[name] for name in names))
 
 
 def hooks_installed() -> bool:
@@ -226,8 +262,10 @@ def prepare(
         "num_warps": config.num_warps,
         "num_stages": config.num_stages,
     }
-    finish = functools.partial(_result, y, routing, scatter, out)
-    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, y, finish)
+    if scatter:
+        summed = _slot_sum(y, routing, out)
+        return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, y, summed.result, summed)
+    return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, y, y)
 
 
 def _spans_int32(tensor: Tensor | None) -> bool:
@@ -239,18 +277,31 @@ def _spans_int32(tensor: Tensor | None) -> bool:
 
 def _output(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
     """What the kernel writes. Gather: ``out``, or a new [n_rows, N] in expert order. Scatter: one row
-    per (token, slot), zeroed where a slot has no local row (expert parallelism), summed by ``_result``."""
+    per (token, slot), zeroed where a slot has no local row (expert parallelism), summed by ``_slot_sum``."""
     if not scatter:
         return x.new_empty(routing.n_rows, n) if out is None else out
     slots = routing.n_tokens * routing.top_k
     return x.new_zeros(slots, n) if routing.n_rows < slots else x.new_empty(slots, n)
 
 
-def _result(y: Tensor, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
-    """Scatter: the sum over each token's slots, into ``out`` if given. Gather: what the kernel wrote."""
-    if scatter:
-        return torch.sum(y.view(routing.n_tokens, routing.top_k, y.shape[1]), dim=1, out=out)
-    return y
+SLOT_SUM_BLOCK_N = 1024
+"""Columns per program of the slot sum: 512 to 2048 ran alike on an H100 (experiments/breakdown.py)."""
+
+
+def _slot_sum(y: Tensor, routing: Routing, out: Tensor | None) -> KernelLaunch:
+    """Scatter mode's second launch: each token's ``top_k`` slot rows of ``y`` summed into ``out`` (or a
+    new [T, N]). Shape-only, like ``prepare``."""
+    n = y.shape[1]
+    result = y.new_empty(routing.n_tokens, n) if out is None else out
+    block_n = min(SLOT_SUM_BLOCK_N, triton.next_power_of_2(n))
+    constexprs: dict[str, int | bool] = {
+        "TOP_K": routing.top_k,
+        "BLOCK_N": block_n,
+        "INDEX_64": _spans_int32(y) or _spans_int32(result),
+        "num_warps": 4,
+    }
+    args = (y, result, n, y.stride(0), *result.stride())
+    return KernelLaunch(_slot_sum_kernel, (routing.n_tokens, triton.cdiv(n, block_n)), args, constexprs, result, result)
 
 
 _TENSOR_PARAMS = ("X", "W", "Bias", "Y", "ExpertOffsets", "GatherIdx", "ScatterIdx", "Gammas")
