@@ -78,7 +78,7 @@ def _variant(X, W, Y, ExpertOffsets, GatherIdx, n_experts, N, K, stride_xm, stri
         acc = tl.dot(tl.load(x_ptrs), tl.load(w_ptrs), acc)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
-    store_tile(Y, acc, rows, row_mask, offs_n, n_mask, None, None, stride_ym, stride_yn, False, index)
+    store_tile(Y, acc, rows, row_mask, offs_n, n_mask, stride_ym, stride_yn, index)
 
 
 def launch(x, w, routing, config, index_64, **flags):

@@ -63,7 +63,7 @@ def _looped(
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, upstream
-    from breakdown import kernel_times
+    from breakdown import profiled_rounds
     from resilient_moe._moe_details.launch import prepare
 
     out_dir = sys.argv[1]
@@ -97,12 +97,7 @@ def main() -> None:
                 form.launch()
                 row.setdefault("equal", {})[f"{name} s{stages}"] = bool(torch.equal(launch.y, ref))
                 variants[f"{name} s{stages}"] = form.launch
-        best: dict[str, float] = {}
-        names = list(variants)
-        for r in range(ROUNDS):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                us = sum(v for k, v in kernel_times(variants[name]).items() if "reduce" not in k.lower())
-                best[name] = min(us, best.get(name, us))
+        best = profiled_rounds(variants, ROUNDS)
         row["gemm_us"] = {name: round(us, 1) for name, us in best.items()}
         row["tflops"] = {name: round(g.flops / us / 1e6) for name, us in best.items()}
         print(json.dumps(row), flush=True)

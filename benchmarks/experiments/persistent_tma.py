@@ -65,8 +65,12 @@ def _persistent(X, W, WDesc, XDesc, Y, ExpertOffsets, GatherIdx, ScatterIdx, Gam
             ydesc = tl.make_tensor_descriptor(Y, [row_end, N], [stride_ym, 1], [BLOCK_M, BLOCK_N])
             ydesc.store([row_start, pid_n * BLOCK_N], acc.to(Y.dtype.element_ty))
         else:
-            store_tile(Y, acc, rows, row_mask, offs_n, offs_n < N, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER,
-                       tl.int64)
+            if SCATTER:
+                y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
+                acc *= tl.load(Gammas + y_rows, mask=row_mask, other=0.0)[:, None]
+            else:
+                y_rows = rows
+            store_tile(Y, acc, y_rows, row_mask, offs_n, offs_n < N, stride_ym, stride_yn, tl.int64)
 
 
 def launch_persistent(x, w, routing, mode, bm, bn, bk, stages, warps, w_tma, x_tma, flatten, programs, ws=False, tmap=None,

@@ -124,6 +124,16 @@ def tile_matmul(
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
 
+    # What the epilogue needs is loaded before the K loop, so its latency hides behind it: after the
+    # loop, scatter mode's two dependent loads (the slot, then its gamma) held the SM idle, since the
+    # next tile cannot start before this program leaves. Gather: rows stay in expert order.
+    if SCATTER:
+        y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
+        gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
+    else:
+        y_rows = rows
+    if HAS_BIAS:
+        bias = tl.load(Bias + expert.to(index) * stride_be + offs_n * stride_bn, mask=n_mask, other=0.0)
     x_ptrs = X + x_rows.to(index)[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_ptrs = (
         W
@@ -154,9 +164,10 @@ def tile_matmul(
         w_ptrs += BLOCK_K * stride_wk
 
     if HAS_BIAS:
-        bias = tl.load(Bias + expert.to(index) * stride_be + offs_n * stride_bn, mask=n_mask, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    store_tile(Y, acc, rows, row_mask, offs_n, n_mask, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER, index)
+    if SCATTER:
+        acc *= gamma[:, None]
+    store_tile(Y, acc, y_rows, row_mask, offs_n, n_mask, stride_ym, stride_yn, index)
 
 
 @triton.jit
@@ -173,17 +184,8 @@ def source_rows(rows, row_start, row_end, GatherIdx, SCATTER: tl.constexpr):
 
 
 @triton.jit
-def store_tile(
-    Y, acc, rows, row_mask, offs_n, n_mask, ScatterIdx, Gammas, stride_ym, stride_yn, SCATTER: tl.constexpr,
-    index: tl.constexpr,
-):
-    """Gather: rows stay in expert order. Scatter: each row goes to its slot, weighted by its gamma."""
-    if SCATTER:
-        y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
-        gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
-        acc *= gamma[:, None]
-    else:
-        y_rows = rows
+def store_tile(Y, acc, y_rows, row_mask, offs_n, n_mask, stride_ym, stride_yn, index: tl.constexpr):
+    """The tile's rows into Y at ``y_rows``: expert order (gather) or each row's slot (scatter)."""
     y_ptrs = Y + y_rows.to(index)[:, None] * stride_ym + offs_n[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
