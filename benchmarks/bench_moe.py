@@ -207,6 +207,11 @@ def section_overhead(out: Path) -> None:
     for _ in range(3):  # resolve, then bind
         rm.moe_matmul(x, w, routing, "gather")
     (config,) = [c for c in default_cache().memory.values()]
+    xs = torch.randn(routing.n_rows, case.ffn2 // 2, device="cuda", dtype=torch.bfloat16)
+    ws = torch.randn(case.experts, case.ffn2 // 2, case.hidden, device="cuda", dtype=torch.bfloat16) / 100
+    for _ in range(3):  # the down-projection: resolve, then bind the GEMM and the slot sum
+        rm.moe_matmul(xs, ws, routing, "scatter")
+    slot_rows = xs.new_empty(routing.n_tokens, routing.top_k, case.hidden)
     launch = prepare(x, w, None, routing, "gather", config)
     compiled = launch.launch()
     everything = (*launch.args, *(launch.constexprs[n] for n in launch.kernel.arg_names[len(launch.args):]))
@@ -223,6 +228,8 @@ def section_overhead(out: Path) -> None:
         "prepare_and_jit_launch": lambda: prepare(x, w, None, routing, "gather", config).run(),
         "moe_matmul_cached": lambda: rm.moe_matmul(x, w, routing, "gather"),
         "moe_matmul_cached_out": lambda: rm.moe_matmul(x, w, routing, "gather", out=out_buffer),
+        "moe_matmul_scatter_cached": lambda: rm.moe_matmul(xs, ws, routing, "scatter"),
+        "torch_sum_of_slots": lambda: torch.sum(slot_rows, dim=1),
     }
     fingerprint = active_policy().fingerprint
     bound = derived[operand_key(x, w, None, routing, "gather", out_buffer, fingerprint)]

@@ -42,6 +42,10 @@ def overhead(folder: Path) -> None:
         ("**`moe_matmul(...)`, cached** (operand key, lookup, allocation, bound launch)", "moe_matmul_cached"),
         ("**`moe_matmul(..., out=buffer)`, cached** (no allocation)", "moe_matmul_cached_out"),
         ("its bound launch alone, into `out`", "bound_launch_out"),
+        ("**`moe_matmul(..., mode=\"scatter\")`, cached**, the down-projection (GEMM and slot sum, both bound)",
+         "moe_matmul_scatter_cached"),
+        ("`torch.sum` over the down-projection's slot rows alone (the slot sum before the Triton kernel)",
+         "torch_sum_of_slots"),
         ("upstream `matmul_ogs` v3.5.1, same shape", "upstream_matmul_ogs"),
     ]
     for label, key in rows:
