@@ -93,6 +93,18 @@ def profiled_rounds(variants: dict[str, Any], rounds: int = ROUNDS) -> dict[str,
     return best
 
 
+def save(out_dir: str, name: str, rows: list[dict[str, Any]], row: dict[str, Any], best: dict[str, float],
+         flops: float, **fields: Any) -> None:
+    """Add ``row``, with each variant's device us (``best``) and TFLOP/s, to ``rows``; print it and
+    rewrite OUT_DIR/experiment-NAME.json, so a run cut short still leaves what it measured."""
+    row["gemm_us"] = {variant: round(us, 1) for variant, us in best.items()}
+    row["tflops"] = {variant: round(flops / us / 1e6, 1) for variant, us in best.items()}
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    with open(os.path.join(out_dir, f"experiment-{name}.json"), "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), **fields, "rows": rows}, f, indent=1)
+
+
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, rounds, upstream

@@ -21,7 +21,6 @@ stages up to 1.07, on Mixtral down); the looped forms run at 0.95 to 1.01 (lower
 1.04) is inside the K loop.
 """
 import dataclasses
-import json
 import os
 import sys
 from typing import Any
@@ -63,7 +62,7 @@ def _looped(
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, upstream
-    from breakdown import profiled_rounds
+    from breakdown import profiled_rounds, save
     from resilient_moe._moe_details.launch import prepare
 
     out_dir = sys.argv[1]
@@ -97,13 +96,7 @@ def main() -> None:
                 form.launch()
                 row.setdefault("equal", {})[f"{name} s{stages}"] = bool(torch.equal(launch.y, ref))
                 variants[f"{name} s{stages}"] = form.launch
-        best = profiled_rounds(variants, ROUNDS)
-        row["gemm_us"] = {name: round(us, 1) for name, us in best.items()}
-        row["tflops"] = {name: round(g.flops / us / 1e6) for name, us in best.items()}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-grid.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+        save(out_dir, "grid", rows, row, profiled_rounds(variants, ROUNDS), g.flops, rounds=ROUNDS)
 
 
 if __name__ == "__main__":

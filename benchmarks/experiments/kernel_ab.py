@@ -15,7 +15,6 @@ decode; the GEMM kernel then runs at 0.94 to 1.02 of matmul_ogs's.
 """
 import dataclasses
 import importlib.util
-import json
 import os
 import sys
 from typing import Any
@@ -37,7 +36,7 @@ def load_kernel(path: str) -> Any:
 
 def main() -> None:
     from bench_moe import CASES, gemms, upstream
-    from breakdown import profiled_rounds
+    from breakdown import profiled_rounds, save
     from resilient_moe._moe_details.launch import default_config, prepare
     from resilient_moe.targets import placement
 
@@ -61,16 +60,10 @@ def main() -> None:
         best = profiled_rounds(variants, ROUNDS)
         row = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "tile": tile.as_dict(),
                "equal": bool(torch.equal(outputs["now"], outputs["before"])),
-               "gemm_us": {name: round(us, 1) for name, us in best.items()},
-               "tflops": {name: round(g.flops / us / 1e6, 1) for name, us in best.items()},
                "now_vs_before": round(best["before"] / best["now"], 4)}
         if "ogs" in best:
             row["now_vs_ogs"] = round(best["ogs"] / best["now"], 4)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-kernel-ab.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "before": before_path, "rows": rows},
-                      f, indent=1)
+        save(out_dir, "kernel-ab", rows, row, best, g.flops, rounds=ROUNDS, before=before_path)
 
 
 if __name__ == "__main__":

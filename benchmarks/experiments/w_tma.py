@@ -17,7 +17,6 @@ no faster. At 4 stages W through TMA runs at 0.97 to 1.01 of the library's loads
 what matmul_ogs gains in the K loop.
 """
 import dataclasses
-import json
 import os
 import sys
 from typing import Any
@@ -92,7 +91,7 @@ def tma_launch(launch: Any, x: torch.Tensor, w: torch.Tensor, x_tma: bool, stage
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, upstream
-    from breakdown import profiled_rounds
+    from breakdown import profiled_rounds, save
     from resilient_moe._moe_details.launch import prepare
 
     out_dir = sys.argv[1]
@@ -122,13 +121,7 @@ def main() -> None:
             variants[name] = form.launch
         if up:
             variants["ogs"] = g.upstream_call(up[0])
-        best = profiled_rounds(variants, ROUNDS)
-        row["gemm_us"] = {name: round(us, 1) for name, us in best.items()}
-        row["tflops"] = {name: round(g.flops / us / 1e6, 1) for name, us in best.items()}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-w-tma.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+        save(out_dir, "w-tma", rows, row, profiled_rounds(variants, ROUNDS), g.flops, rounds=ROUNDS)
 
 
 if __name__ == "__main__":
