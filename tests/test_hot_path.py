@@ -177,14 +177,19 @@ def test_launch_hooks_see_every_call() -> None:
 
 
 @needs_gpu
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
 @pytest.mark.parametrize("given_out", [False, True])
-def test_a_bound_launch_captures_in_a_cuda_graph(given_out: bool) -> None:
+def test_a_bound_launch_captures_in_a_cuda_graph(mode: str, given_out: bool) -> None:
+    """Scatter mode's bound call is two launches (GEMM, slot sum): both are captured and replayed."""
     x, w, routing = operands(dtype=torch.bfloat16)
-    out = torch.empty(routing.n_rows, w.shape[2], dtype=x.dtype, device=x.device) if given_out else None
-    eager = [rm.moe_matmul(x, w, routing, out=out).clone() for _ in range(3)][-1]
+    if mode == "scatter":
+        x = torch.randn(routing.n_rows, 64, device=DEVICE, dtype=torch.bfloat16)
+    rows = routing.n_rows if mode == "gather" else routing.n_tokens
+    out = torch.empty(rows, w.shape[2], dtype=x.dtype, device=x.device) if given_out else None
+    eager = [rm.moe_matmul(x, w, routing, mode, out=out).clone() for _ in range(3)][-1]
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = rm.moe_matmul(x, w, routing, out=out)
+        captured = rm.moe_matmul(x, w, routing, mode, out=out)
     if out is not None:
         out.zero_()
     graph.replay()
