@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -79,13 +80,14 @@ class TileFields(_Frozen):
     group_m: Annotated[int, Field(gt=0)] | None = None
     num_warps: Positive | None = None
     num_stages: Annotated[int, Field(ge=1)] | None = None
+    is_persistent: StrictBool | None = None
 
     @field_validator("block_m", "block_n", "block_k", "num_warps")
     @classmethod
     def _pow2(cls, value: int | None, info) -> int | None:
         return None if value is None else _power_of_two(info.field_name, value)
 
-    def values(self) -> dict[str, int]:
+    def values(self) -> dict[str, int | bool]:
         return self.model_dump(exclude_none=True)
 
 

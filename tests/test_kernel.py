@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from resilient_moe._moe_details._kernel import _moe_matmul_kernel, _moe_matmul_persistent_kernel
 from resilient_moe._moe_details.launch import KernelLaunch, _slot_sum, default_config, prepare
 from resilient_moe.config import TileConfig
 from resilient_moe.reference import moe_matmul_reference
@@ -23,6 +24,7 @@ DTYPES = [
 ]
 TOL = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4}
 SMALL = TileConfig(block_m=16, block_n=32, block_k=32, group_m=4, num_warps=4, num_stages=2)
+PERSISTENT = SMALL.replace(is_persistent=True)
 
 
 def operands(
@@ -72,7 +74,32 @@ def test_matches_reference(
 
 @needs_kernel
 @pytest.mark.parametrize("mode", ["gather", "scatter"])
-def test_skewed_routing_with_empty_experts(mode: str) -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("k", "n"), [(64, 64), (80, 96)], ids=["even", "ragged"])
+def test_persistent_matches_reference(mode: str, dtype: torch.dtype, k: int, n: int) -> None:
+    """The persistent kernel (a few programs off a GPU, each looping over tiles; W and the ragged side
+    through TMA descriptors, which zero-fill K and clip N and the expert's rows), with bias."""
+    routing = random_routing()
+    x, w, bias = operands(routing, mode, k, n, dtype, True)
+    assert prepare(x, w, bias, routing, mode, PERSISTENT).kernel is _moe_matmul_persistent_kernel
+    check(routing, mode, PERSISTENT, k, n, dtype, with_bias=True)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+def test_persistent_falls_back_where_tma_cannot_reach(mode: str) -> None:
+    """Rows of 36 fp16 values are 72 bytes apart, not a multiple of 16: no TMA descriptor can cover W
+    (or the ragged side), so the same tile runs as the one-tile kernel, with the same result."""
+    routing = random_routing()
+    x, w, bias = operands(routing, mode, 64, 36, torch.float16, True)
+    assert prepare(x, w, bias, routing, mode, PERSISTENT).kernel is _moe_matmul_kernel
+    check(routing, mode, PERSISTENT, 64, 36, torch.float16, with_bias=True)
+
+
+@needs_kernel
+@pytest.mark.parametrize("mode", ["gather", "scatter"])
+@pytest.mark.parametrize("config", [SMALL, PERSISTENT], ids=["one-tile", "persistent"])
+def test_skewed_routing_with_empty_experts(mode: str, config: TileConfig) -> None:
     """Expert 1 takes most rows (three m-tiles), experts 2, 4 and 6 get none."""
     first = torch.tensor([1] * 36 + [3, 5, 7, 0])
     second = torch.tensor([0, 3, 5, 7]).repeat(10)
@@ -80,7 +107,7 @@ def test_skewed_routing_with_empty_experts(mode: str) -> None:
     gammas = torch.softmax(torch.randn(40, 2, generator=torch.Generator().manual_seed(3)), dim=1)
     routing = Routing.from_experts(expert_idx.to(DEVICE), gammas.to(DEVICE), n_experts=8)
     assert torch.diff(routing.expert_offsets).tolist() == [11, 36, 0, 11, 0, 11, 0, 11]
-    check(routing, mode, SMALL, 64, 64, torch.float32, with_bias=True)
+    check(routing, mode, config, 64, 64, torch.float32, with_bias=True)
 
 
 @needs_kernel
@@ -132,23 +159,30 @@ def test_zero_tokens(mode: str) -> None:
 
 
 def test_prepare_on_meta_tensors() -> None:
-    """Shape-only: a launch for a DeepSeek-V3-sized problem is built without memory or a device."""
+    """Shape-only: a launch for a DeepSeek-V3-sized problem is built without memory or a device, in both
+    kernel forms (sm_90's default for it is persistent: one program per SM after a tile-map launch)."""
     n_tokens, top_k, n_experts, k, n = 4096, 8, 256, 7168, 4096
     routing = route(torch.empty(n_tokens, n_experts, device="meta"), top_k)
     for mode, n_in in (("gather", n_tokens), ("scatter", n_tokens * top_k)):
         x = torch.empty(n_in, k, dtype=torch.bfloat16, device="meta")
         w = torch.empty(n_experts, k, n, dtype=torch.bfloat16, device="meta")
         bias = torch.empty(n_experts, n, dtype=torch.bfloat16, device="meta")
-        config = default_config(routing.n_rows, n, k, n_experts, torch.bfloat16, "sm_90")
-        launch = prepare(x, w, bias, routing, mode, config)
-        assert isinstance(launch, KernelLaunch)
-        assert launch.y.device.type == "meta"
-        assert all(a.device.type == "meta" for a in launch.args if isinstance(a, torch.Tensor))
-        assert launch.grid == ((n_tokens * top_k // config.block_m + n_experts) * n // config.block_n,)
-        assert launch.constexprs["SCATTER"] == (mode == "scatter")
-        assert launch.constexprs["EXPERTS_POW2"] == 256
-        meta_parameters = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
-        assert meta_parameters <= launch.constexprs.keys()
+        persistent = default_config(routing.n_rows, n, k, n_experts, torch.bfloat16, "sm_90")
+        assert persistent.is_persistent and persistent.num_stages == 3
+        for config in (persistent, persistent.replace(is_persistent=False)):
+            launch = prepare(x, w, bias, routing, mode, config)
+            assert isinstance(launch, KernelLaunch)
+            assert launch.y.device.type == "meta"
+            assert all(a.device.type == "meta" for a in launch.args if isinstance(a, torch.Tensor))
+            assert launch.constexprs["SCATTER"] == (mode == "scatter")
+            meta_parameters = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}
+            assert meta_parameters <= launch.constexprs.keys()
+            if config.is_persistent:
+                assert launch.grid == (4,)  # one program per SM; off a GPU, a few
+                assert launch.before is not None and launch.before.y.shape == (2, n_tokens * top_k // 128 + n_experts)
+            else:
+                assert launch.grid == ((n_tokens * top_k // config.block_m + n_experts) * n // config.block_n,)
+                assert launch.constexprs["EXPERTS_POW2"] == 256 and launch.before is None
     assert launch.y.shape == (n_tokens * top_k, n)
 
 

@@ -16,10 +16,11 @@ TOKENS, EXPERTS, TOP_K = 64, 8, 2
 
 
 def tile(spec: str) -> rm.TileConfig:
-    """'128x256x64 s5 w8' -> TileConfig (group_m 8)."""
-    blocks, stages, warps = spec.split()
+    """'128x256x64 s5 w8' -> TileConfig (group_m 8); a trailing ' persistent' sets is_persistent."""
+    blocks, stages, warps, *persistent = spec.split()
     m, n, k = (int(v) for v in blocks.split("x"))
-    return rm.TileConfig(m, n, k, group_m=8, num_warps=int(warps[1:]), num_stages=int(stages[1:]))
+    return rm.TileConfig(m, n, k, group_m=8, num_warps=int(warps[1:]), num_stages=int(stages[1:]),
+                         is_persistent=persistent == ["persistent"])
 
 
 # (chip, tile, dtype, mode, bias, K): a few per chip, with the tiles at either side of its limit.
@@ -30,6 +31,9 @@ CASES = [
     ("sm_90", "64x64x32 s3 w4", torch.float32, "gather", False, 1024),
     ("sm_90", "64x64x64 s3 w8", torch.bfloat16, "gather", False, 1000),  # K not a multiple of 16: X not counted
     ("sm_90", "64x64x32 s3 w2", torch.bfloat16, "gather", False, 1024),  # 2 warps: no wgmma
+    ("sm_90", "128x256x64 s3 w8 persistent", torch.bfloat16, "gather", False, 1024),  # sm_90's prefill default
+    ("sm_90", "128x256x64 s3 w8 persistent", torch.bfloat16, "scatter", True, 1024),
+    ("sm_90", "128x256x64 s4 w8 persistent", torch.bfloat16, "gather", False, 1024),  # + the epilogue's buffer: over
     ("sm_80", "128x256x64 s5 w8", torch.bfloat16, "gather", False, 1024),  # 196608 > 166912
     ("sm_80", "128x256x64 s4 w8", torch.bfloat16, "scatter", False, 1024),  # 147456 fits
     ("sm_80", "64x64x32 s1 w4", torch.float16, "gather", True, 1024),
@@ -92,6 +96,15 @@ def test_a_tile_that_fits_is_never_predicted_over_the_limit(measured) -> None:
 def test_exact_where_the_ladder_decides(measured, arch, spec, expected) -> None:
     estimate, compiled = next((e, c) for case, e, c in measured if case[:2] == (arch, spec))
     assert estimate == compiled.shared == expected
+
+
+def test_the_persistent_default_fits_sm_90_at_3_stages_only(measured) -> None:
+    """Its TMA store adds a block_m x block_n buffer to the pipeline's: the bound (the one-tile kernel's
+    buffers) stays below the real bytes, and 4 stages would not fit, so the default takes 3."""
+    for case, estimate, compiled in measured:
+        if case[1].endswith("persistent"):
+            assert estimate < compiled.shared, case
+            assert (compiled.error is None) == (" s3 " in case[1]), (case, compiled.shared)
 
 
 def test_rows_the_jit_cannot_prove_aligned_are_not_counted() -> None:

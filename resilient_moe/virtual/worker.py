@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,43 @@ class _Pointer:
 
 
 @dataclass(frozen=True)
+class DescriptorArg:
+    """What the JIT sees of a host-built TMA descriptor: its base pointer's, and its shape, strides and
+    block (the persistent kernel's operands), never the tensor's data."""
+
+    base: PointerArg
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    block_shape: tuple[int, ...]
+
+    @staticmethod
+    def of(desc: TensorDescriptor) -> DescriptorArg:
+        return DescriptorArg(PointerArg.of(desc.base), tuple(desc.shape), tuple(desc.strides), tuple(desc.block_shape))
+
+    def rebuilt(self) -> TensorDescriptor:
+        return TensorDescriptor(_Pointer(self.base), list(self.shape), list(self.strides), list(self.block_shape))
+
+
+def _described(arg: Any) -> Any:
+    if isinstance(arg, torch.Tensor):
+        return PointerArg.of(arg)
+    if isinstance(arg, TensorDescriptor):
+        return DescriptorArg.of(arg)
+    return arg
+
+
+def _rebuilt(arg: Any) -> Any:
+    if isinstance(arg, PointerArg):
+        return _Pointer(arg)
+    if isinstance(arg, DescriptorArg):
+        return arg.rebuilt()
+    return arg
+
+
+@dataclass(frozen=True)
 class CompileJob:
     kernel: str  # "module:attribute" of a @triton.jit function
-    args: tuple[Any, ...]  # PointerArg for tensors, ints, floats, None
+    args: tuple[Any, ...]  # PointerArg for tensors, DescriptorArg for TMA descriptors, ints, floats, None
     constexprs: tuple[tuple[str, Any], ...]  # constexpr values and launch options (num_warps, num_stages)
     chip: str
 
@@ -63,7 +98,7 @@ class Compiled:
 def job_for(kernel: Any, args: tuple[Any, ...], constexprs: dict[str, Any], chip: str) -> CompileJob:
     """Describe a launch so another process can compile it exactly as the JIT here would."""
     fn = kernel.fn
-    described = tuple(PointerArg.of(a) if isinstance(a, torch.Tensor) else a for a in args)
+    described = tuple(_described(a) for a in args)
     return CompileJob(f"{fn.__module__}:{fn.__name__}", described, tuple(sorted(constexprs.items())), chip)
 
 
@@ -77,7 +112,7 @@ def compile_here(job: CompileJob) -> Compiled:
     module, name = job.kernel.split(":")
     kernel = getattr(importlib.import_module(module), name)
     target = lookup(job.chip)
-    args = tuple(_Pointer(a) if isinstance(a, PointerArg) else a for a in job.args)
+    args = tuple(_rebuilt(a) for a in job.args)
     with virtual_target(target):
         compiled = kernel.warmup(*args, grid=(1,), **dict(job.constexprs))
         try:
