@@ -14,8 +14,8 @@ def load(folder: Path, name: str):
     return json.loads((folder / name).read_text())
 
 
-def kernel(folder: Path) -> None:
-    data = load(folder, "kernel-h100.json")
+def kernel(folder: Path, name: str) -> None:
+    data = load(folder, name)
     print(f"### 1. Kernel speed ({data['device']}, bf16, one run; each peer the best of three rotating rounds)\n")
     print("| case | gemm | routing | ours TFLOP/s | matmul_ogs v3.5.1 | torch._grouped_mm | ours / best peer | ours weight GB/s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -24,6 +24,7 @@ def kernel(folder: Path) -> None:
         print(f"| {r['case']} | {r['gemm']} | {'skewed' if r['skew'] else 'uniform'} | {r['ours_tflops']:.0f} | "
               f"{r.get('matmul_ogs_tflops', 0):.0f} | {r.get('grouped_mm_tflops', 0):.0f} | {r['ours_tflops'] / best:.2f} | "
               f"{r['ours_weight_gbps']:.0f} |")
+    print()
 
 
 def overhead(folder: Path) -> None:
@@ -95,6 +96,7 @@ def recovery(folder: Path) -> None:
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results")
-    kernel(folder)
+    for name in ("kernel-h100.json", "kernel-h200.json"):
+        kernel(folder, name)
     overhead(folder)
     recovery(folder)
