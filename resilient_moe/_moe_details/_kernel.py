@@ -179,8 +179,9 @@ def tile_matmul(
 def _tile_map_kernel(ExpertOffsets, TileMap, TileCount, n_experts, n_slots, stride_map, BLOCK_M: tl.constexpr,
                      EXPERTS_POW2: tl.constexpr, BLOCK: tl.constexpr):
     """The persistent kernel's list of m-tiles in expert order: TileMap[0, p] is the expert of m-tile p,
-    TileMap[1, p] its m-block within that expert; TileCount the number of m-tiles. Entries past it are
-    left as they were (never read). On the device, so the host never reads routing data."""
+    TileMap[1, p] its m-block within that expert; TileCount the number of m-tiles. Entries past the
+    count (the map is sized to the host's upper bound) name no real tile and are never read. On the
+    device, so the host never reads routing data."""
     experts, _, _, m_tiles, m_tiles_end, total = expert_tiles(ExpertOffsets, n_experts, BLOCK_M, EXPERTS_POW2)
     if tl.program_id(0) == 0:
         tl.store(TileCount, total)
