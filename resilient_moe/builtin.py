@@ -137,13 +137,21 @@ def plan(
         shared_limit=shared_limit(arch, x.device),
         rows_per_expert=triton.cdiv(routing.n_rows, n_experts),
         timer=timer,
+        forms=_forms,
     )
+
+
+def _forms(config: TileConfig) -> list[TileConfig]:
+    """A persistent tile's other form, for ``ladder.compare_forms``: the same tile, one per program,
+    which any GPU runs. Not the reverse: decode tiles ran up to 11% slower persistent
+    (experiments/ogs_whole.py), and timing a second form costs a compile."""
+    return [config.replace(is_persistent=False)] if config.is_persistent else []
 
 
 def _timer(
     x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, where: Placement
 ) -> Callable[[TileConfig], float] | None:
-    """Milliseconds of a launch of a tile on these operands, for the policy's ``ladder.compare``; None
+    """Milliseconds of a launch of a tile on these operands, for ``ladder.compare`` and ``compare_forms``; None
     where a timing means nothing or must not run: the interpreter, a virtual chip, operands off the GPU,
     or a CUDA graph being captured. CUDA events around plain calls: no cache-flush buffer to allocate
     (triton's do_bench takes 256 MB), so a server whose memory is spoken for can still recover."""
@@ -162,7 +170,7 @@ def _timer(
 
 
 TIMED_MS = 10.0
-"""About how long one timing round of ``ladder.compare`` runs a tile (at least 3 launches, at most 100)."""
+"""About how long one timing round of a comparison runs a tile (at least 3 launches, at most 100)."""
 
 
 def _launch_once(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, config: TileConfig) -> None:

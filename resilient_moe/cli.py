@@ -33,6 +33,8 @@ def _policy_check(args: argparse.Namespace) -> int:
         f"timed against the {ladder.compare} fitting rung{'s' if ladder.compare > 1 else ''} below it on a GPU, "
         "the fastest kept")
     print(f"  after a recovery, the landing tile: {below}")
+    forms = {"never": "never", "recovery": "after a recovery", "always": "on every shape class's first call"}
+    print(f"  a persistent tile timed against its one-tile form on a GPU: {forms[ladder.compare_forms]}")
     print(f"  on_exhausted: {policy.on_exhausted}")
     for arch, section in policy.arch.items():
         print(f"  {arch}: default {section.default.values() or '-'}, pin {section.pin.values() or '-'}")

@@ -76,6 +76,7 @@ class Call:
     shared_limit: int | None = None  # the chip's bytes per block; None: no rung is skipped uncompiled
     rows_per_expert: int | None = None  # the mean, rounded up: lets the ladder cut a block_m that only pads
     timer: Callable[[TileConfig], float] | None = None  # ms of a launch of a tile; None where timing means nothing
+    forms: Callable[[TileConfig], list[TileConfig]] | None = None  # the same tile run by another kernel form
 
 
 def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
@@ -125,7 +126,7 @@ def _climb(
                 failed = Attempt(config, err.name, err.required, err.limit)
             else:
                 tried.append(Attempt(config))
-                config, compared = _fastest(call, config, pending, policy)
+                config, compared = _fastest(call, config, pending, policy, pinned, recovered=len(tried) > 1)
                 cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
                 timings = {"compared": compared} if compared else {}
                 events.selected(
@@ -152,26 +153,34 @@ def _climb(
 
 
 ROUNDS = 3
-"""Timing rounds of ``ladder.compare``: the tiles are timed in alternation and each keeps its best round,
+"""Timing rounds of ``_fastest``: the tiles are timed in alternation and each keeps its best round,
 since a GPU's clocks ramp and drift by more than the differences compared (one tile, timed right after
 a compile, measured 16% slower than the next)."""
 
 
 def _fastest(
-    call: Call, landed: TileConfig, below: list[TileConfig], policy: Policy
+    call: Call, landed: TileConfig, below: list[TileConfig], policy: Policy, pinned: frozenset[str], recovered: bool
 ) -> tuple[TileConfig, list[dict[str, Any]]]:
-    """After a recovery, with ``ladder.compare`` and a timer: the fastest of the tile the ladder landed on
-    and the next rungs below it that fit (the first tile that fits is not always the fastest: on an H100
-    the DeepSeek-V3 prefill GEMM runs 10% faster at one stage fewer). Otherwise the landed tile."""
-    if call.timer is None or not below or policy.ladder.compare == 0:
+    """With a timer: the fastest of the tile that fits, after a recovery the next rungs below it that fit
+    (``ladder.compare``), and its other kernel forms (``ladder.compare_forms``). The first tile that
+    fits is not always the fastest: on an H100 the DeepSeek-V3 prefill GEMM runs 10% faster at one
+    stage fewer, and on uniform routing 10 to 14% faster one tile per program than persistent. Without
+    a timer, or with nothing to time against, the tile that fits."""
+    when = policy.ladder.compare_forms
+    forms = call.forms(landed) if call.forms is not None and (when == "always" or when == "recovery" and recovered) else []
+    candidates = [
+        *(form for form in forms if all(getattr(form, name) == getattr(landed, name) for name in pinned)),
+        *below[: policy.ladder.compare],
+    ]
+    timed = [landed, *(c for c in candidates if predicted_shortage(call, c, policy) is None)]
+    if call.timer is None or len(timed) == 1:
         return landed, []
-    timed = [landed, *(c for c in below[: policy.ladder.compare] if predicted_shortage(call, c, policy) is None)]
     best: dict[TileConfig, float] = {}
     for _ in range(ROUNDS):
         for config in list(timed):
             try:
                 ms = call.timer(config)
-            except OutOfResources:  # a rung below that does not fit after all (its first compile says so)
+            except OutOfResources:  # a candidate that does not fit after all (its first compile says so)
                 timed.remove(config)
                 continue
             best[config] = min(ms, best.get(config, ms))

@@ -21,6 +21,7 @@ from resilient_moe.builtin import moe_matmul
 from resilient_moe.cache import default_cache
 from resilient_moe.dispatch import ROUNDS
 from resilient_moe.ladder import rungs
+from resilient_moe.policy import parse_policy
 from resilient_moe.targets import chip
 
 
@@ -200,13 +201,13 @@ STAGE_MS = {3: 2.0, 2: 1.0, 1: 3.0}
 """Milliseconds the GPU-timer double gives a tile by its stages: the rung below the landing one is fastest."""
 
 
-def gpu_timer_double(calls: list[rm.TileConfig]):
+def gpu_timer_double(calls: list[rm.TileConfig], ms_of=lambda config: STAGE_MS[config.num_stages]):
     """Stands in for ``builtin._timer``: timing a launch needs a GPU, which this machine has not."""
 
     def make(x, w, bias, routing, mode, where):
         def timer(config: rm.TileConfig) -> float:
             calls.append(config)
-            return STAGE_MS[config.num_stages]
+            return ms_of(config)
 
         return timer
 
@@ -246,6 +247,83 @@ def test_compare_without_a_timer_keeps_the_landing_tile(target) -> None:
         moe_matmul(x, w, routing, "gather", policy=policy_with("gfx950", OVER_GFX950, ladder={"compare": 2}))
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert selected["config"]["num_stages"] == 3 and "compared" not in selected
+
+
+PERSISTENT_SMALL = {"block_m": 16, "block_n": 64, "block_k": 32, "num_stages": 2, "is_persistent": True}
+"""A small persistent tile for sm_90: a quick compile and interpreter run."""
+
+
+@pytest.mark.parametrize("setting", ["always", "recovery", "never", "always, pin is_persistent"])
+def test_a_persistent_tile_that_fits_at_once_is_timed_against_its_one_tile_form_only_always(
+    setting, target, monkeypatch
+) -> None:
+    target("sm_90")
+    timed: list[rm.TileConfig] = []
+    monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed, lambda c: 2.0 if c.is_persistent else 1.0))
+    x, w, routing = problem()
+    section = {"default": PERSISTENT_SMALL, **({"pin": {"is_persistent": True}} if "pin" in setting else {})}
+    ladder = {"compare_forms": setting.split(",")[0]}
+    policy = parse_policy({"version": 1, "ladder": ladder, "arch": {"sm_90": section}})
+    with events.capture() as logs:
+        out = moe_matmul(x, w, routing, "gather", policy=policy)
+    torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    persistent = rm.TileConfig(16, 64, 32, group_m=8, num_warps=4, num_stages=2, is_persistent=True)
+    if setting != "always":  # no recovery to time anyway, or the policy holds is_persistent
+        assert timed == [] and "compared" not in selected
+        assert selected["config"] == persistent.as_dict()
+        return
+    one_tile = persistent.replace(is_persistent=False)
+    assert timed == [persistent, one_tile] * ROUNDS
+    assert selected["config"] == one_tile.as_dict()
+    assert [(c["config"]["is_persistent"], c["ms"]) for c in selected["compared"]] == [(True, 2.0), (False, 1.0)]
+    timed.clear()
+    torch.testing.assert_close(moe_matmul(x, w, routing, "gather", policy=policy), out)
+    assert timed == []  # the faster form is the cached winner
+
+
+def test_a_recovery_times_the_landing_tile_its_one_tile_form_and_the_rung_below(target, monkeypatch) -> None:
+    target("sm_90")
+    timed: list[rm.TileConfig] = []
+    monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed, lambda c: c.num_stages if c.is_persistent else 0.5))
+    x, w, routing = problem()
+    over = {"block_m": 64, "block_n": 256, "block_k": 128, "num_stages": 4, "is_persistent": True}  # s3: 245760 B
+    with events.capture() as logs:  # the shipped default: compare 1, compare_forms recovery
+        moe_matmul(x, w, routing, "gather", policy=policy_with("sm_90", over, ladder={"trim_block_m": False}))
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    landed = rm.TileConfig(64, 256, 128, group_m=8, num_warps=4, num_stages=2, is_persistent=True)
+    assert timed == [landed, landed.replace(is_persistent=False), landed.replace(num_stages=1)] * ROUNDS
+    assert selected["config"] == landed.replace(is_persistent=False).as_dict()
+    assert [c["ms"] for c in selected["compared"]] == [2.0, 0.5, 1.0]
+
+
+def test_a_one_tile_tile_that_fits_is_not_timed(target, monkeypatch) -> None:
+    target("sm_90")
+    timed: list[rm.TileConfig] = []
+    monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed))
+    x, w, routing = problem()
+    policy = policy_with("sm_90", {**PERSISTENT_SMALL, "is_persistent": False}, ladder={"compare_forms": "always"})
+    with events.capture() as logs:
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    assert timed == [] and "compared" not in selected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="times real launches: needs a GPU")
+def test_compare_forms_times_both_kernels_on_an_sm_90_gpu() -> None:
+    from resilient_moe.targets import placement
+
+    if placement().arch not in ("sm_90", "sm_90a"):
+        pytest.skip(f"the persistent kernel is measured on sm_90, this GPU is {placement().arch}")
+    x, w, routing = problem()
+    with events.capture() as logs:
+        policy = policy_with(placement().arch, PERSISTENT_SMALL, ladder={"compare_forms": "always"})
+        out = moe_matmul(x, w, routing, "gather", policy=policy)
+    torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    compared = selected["compared"]
+    assert [c["config"]["is_persistent"] for c in compared] == [True, False] and all(c["ms"] > 0 for c in compared)
+    assert selected["config"] == min(compared, key=lambda c: c["ms"])["config"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="times real launches: needs a GPU")

@@ -45,6 +45,7 @@ def test_default_file_is_the_packaged_one_and_matches_the_model_defaults() -> No
         ("version: 1\nladder: {min_num_stages: 0}", ["ladder.min_num_stages", "0"]),
         ("version: 1\nladder: {compare: 9}", ["ladder.compare", "9"]),
         ("version: 1\nladder: {trim_block_m: maybe}", ["ladder.trim_block_m", "maybe"]),
+        ("version: 1\nladder: {compare_forms: maybe}", ["ladder.compare_forms", "maybe"]),
         ("version: 1\nladder: {max_atempts: 3}", ["ladder.max_atempts", "Extra inputs"]),
         ("version: 1\non_exhausted: retry", ["on_exhausted", "retry"]),
         ("version: 1\ntriggers: {registers: [block_n]}", ["triggers.registers"]),
