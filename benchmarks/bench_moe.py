@@ -323,12 +323,15 @@ def section_overhead(out: Path) -> None:
 OVER_LIMIT = {"block_m": 128, "block_n": 256, "block_k": 64, "num_stages": 5, "num_warps": 8}  # 245760 B on sm_90
 
 
-def fitting_space(rows_per_expert: int) -> list[dict[str, int]]:
+def fitting_space(rows_per_expert: int, arch: str) -> list[dict[str, int | bool]]:
     """The fitting space searched for the best tile: block_m 64 and 128, and 16 and 32 where an expert
-    gets fewer than 64 rows (above that, the kernel section found small block_m slower)."""
+    gets fewer than 64 rows (above that, the kernel section found small block_m slower); on sm_90, the
+    block_m 128 tiles in the persistent form too."""
     block_ms = (16, 32, 64, 128) if rows_per_expert < 64 else (64, 128)
-    return [dict(block_m=bm, block_n=bn, block_k=64, group_m=8, num_warps=nw, num_stages=ns)
-            for bm in block_ms for bn in (128, 256) for ns in (2, 3, 4) for nw in (4, 8)]
+    forms = (False, True) if arch.startswith("sm_90") else (False,)
+    return [dict(block_m=bm, block_n=bn, block_k=64, group_m=8, num_warps=nw, num_stages=ns, is_persistent=p)
+            for bm in block_ms for bn in (128, 256) for ns in (2, 3, 4) for nw in (4, 8) for p in forms
+            if bm == 128 or not p]
 
 
 def section_recovery(out: Path) -> None:
@@ -339,14 +342,15 @@ def section_recovery(out: Path) -> None:
 
     default_cache().clear()  # every ladder climbs from the forced default, not from an earlier run's winner
     arch = placement().arch
-    first_fit = {"trim_block_m": False, "compare": 0}
+    untimed = {"compare": 0, "compare_forms": "never"}  # the first tile that fits
+    first_fit = {"trim_block_m": False, **untimed}
     ladders = {"plain": {"ladder": {"order": ["block_n", "block_m", "num_stages"], **first_fit}},
-               "num_stages_first": {"ladder": first_fit}, "trim_block_m": {"ladder": {"compare": 0}}, "default": {}}
+               "num_stages_first": {"ladder": first_fit}, "trim_block_m": {"ladder": untimed}, "default": {}}
     policies = {name: parse_policy({"version": 1, "arch": {arch: {"default": OVER_LIMIT}}, **extra})
                 for name, extra in ladders.items()}
     rows = []
     for case in CASES:
-        row = _recover(case, policies)
+        row = _recover(case, policies, arch)
         print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
         rows.append(row)
         torch.cuda.empty_cache()
@@ -354,7 +358,7 @@ def section_recovery(out: Path) -> None:
                                                     "forced_default": OVER_LIMIT, "rows": rows}, indent=1))
 
 
-def _recover(case: Case, policies: dict[str, Any]) -> dict[str, Any]:
+def _recover(case: Case, policies: dict[str, Any], arch: str) -> dict[str, Any]:
     """One case: where each ladder lands from the forced default, and the sweep's best fitting tile."""
     from triton.runtime.errors import OutOfResources
 
@@ -385,7 +389,7 @@ def _recover(case: Case, policies: dict[str, Any]) -> dict[str, Any]:
                             "landed_tflops": flops / landed_ms / 1e9, "first_call_s": first_call_s,
                             "bf16_max_rel_err_vs_reference": rel_err}
     sweep = []
-    for cfg in fitting_space(-(-routing.n_rows // case.experts)):
+    for cfg in fitting_space(-(-routing.n_rows // case.experts), arch):
         tile = rm.TileConfig(**cfg)
         try:
             t = ms(lambda: prepare(x, w, None, routing, mode, tile).run())

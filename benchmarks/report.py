@@ -66,15 +66,17 @@ def overhead(folder: Path) -> None:
 
 
 LADDERS = (("plain", "plain (block_n first)"), ("num_stages_first", "stages first"),
-           ("trim_block_m", "stages first, block_m cut"), ("default", "default (the same, `compare: 1`)"))
+           ("trim_block_m", "stages first, block_m cut"),
+           ("default", "default (the same, timed: `compare: 1`, `compare_forms: recovery`)"))
 
 
 def tile(c: dict) -> str:
-    return f"{c['block_m']}x{c['block_n']}x{c['block_k']} s{c['num_stages']} w{c['num_warps']}"
+    persistent = " persistent" if c.get("is_persistent") else ""
+    return f"{c['block_m']}x{c['block_n']}x{c['block_k']} s{c['num_stages']} w{c['num_warps']}{persistent}"
 
 
-def recovery(folder: Path) -> None:
-    d = load(folder, "recovery-h100.json")
+def recovery(folder: Path, name: str) -> None:
+    d = load(folder, name)
     f = d["forced_default"]
     print(f"\n### 3. Recovery quality ({d['device']}; default forced to {tile({**f})}, 245760 B > 232448)\n")
     print("Each ratio times the landed tile and the best one in alternation (median of 3 pairs).\n")
@@ -84,6 +86,9 @@ def recovery(folder: Path) -> None:
     for r in d["rows"]:
         cells = " | ".join(f"{tile(r['ladders'][name]['landed'])} | {r['ladders'][name]['landed_vs_best']:.2f}" for name, _ in ladders)
         print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} ({len(r['sweep'])} tiles) | {r['best']['tflops']:.0f} | {cells} |")
+
+
+def restart(folder: Path) -> None:
     r = load(folder, "restart-h100.json")
     print(f"\nFirst call of a recovering process ({r['device']}, {r['case']}, seconds):\n")
     print("| ladder | cold (Triton and tiling caches empty) | restart, Triton cache warm, tiling cache empty | restart with the tiling cache |")
@@ -99,4 +104,6 @@ if __name__ == "__main__":
     for name in ("kernel-h100.json", "kernel-h200.json"):
         kernel(folder, name)
     overhead(folder)
-    recovery(folder)
+    for name in ("recovery-h100.json", "recovery-h200.json"):
+        recovery(folder, name)
+    restart(folder)
