@@ -54,16 +54,15 @@ def part_same() -> dict[str, Any]:
         h = torch.randn(theirs.shape[0], w.shape[1], device="cuda", dtype=torch.bfloat16)
         theirs_down = upstream(h, w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
         ours_down = rm.matmul_ogs(h, w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
-        host = lambda f: _host_us(f)
         out[name] = {
             "gather_bitwise_equal": bool(torch.equal(theirs, ours)),
             "scatter_bitwise_equal": bool(torch.equal(theirs_down, ours_down)),
             "upstream_ms": do_bench(lambda: upstream(x, w, None, rdata, gather_indx=gather), return_mode="median"),
             "ours_ms": do_bench(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather), return_mode="median"),
-            "host_us_upstream": host(lambda: upstream(x, w, None, rdata, gather_indx=gather)),
-            "host_us_ours": host(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)),
+            "host_us_upstream": _host_us(lambda: upstream(x, w, None, rdata, gather_indx=gather)),
+            "host_us_ours": _host_us(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)),
         }
-        del w
+        w = None  # the weights freed before the next shape's are made
         torch.cuda.empty_cache()
     return out
 
@@ -115,7 +114,7 @@ def part_recover() -> dict[str, Any]:
         err = float((y.float() - reference.float()).abs().max()) if isinstance(y, torch.Tensor) else y
         out[name] = {"upstream_forced_num_stages_6": direct, "events": log, "first_call_s": first_call_s,
                      "max_abs_diff_vs_upstream_default": err}
-        del w
+        w = None  # the weights freed before the next shape's are made
         torch.cuda.empty_cache()
     return out
 
@@ -128,7 +127,7 @@ def part_virtual() -> dict[str, Any]:
         x, w, rdata, gather, _ = operands(name)
         _, log = _events(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather))
         out[name] = log
-        del w
+        w = None  # the weights freed before the next shape's are made
         torch.cuda.empty_cache()
     return out
 

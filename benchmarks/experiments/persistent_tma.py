@@ -10,9 +10,14 @@ descriptor built per tile, ending at the expert's last row) was added for ogs_va
 there on an H100 after the padding-row fix, these variants were level with or behind the builtin
 kernel (results/experiment-ogs-variants-persistent-wrapped-h100.json).
 """
-import json, os, sys
+import functools
+import json
+import os
+import sys
 
-import torch, triton, triton.language as tl
+import torch
+import triton
+import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from resilient_moe._moe_details._kernel import expert_tiles, source_rows, store_tile, swizzle, tile_of
@@ -102,14 +107,21 @@ def main() -> None:
     from bench_moe import CASES, gemms, upstream
 
     out_dir = sys.argv[1]
-    ms = lambda fn: float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
+    def ms(fn):
+        return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
     up = upstream()
     flags = []
     if up:
         import triton_kernels.matmul_ogs as mo
         orig = mo.make_opt_flags
         def spy(*a, **k):
-            f = orig(*a, **k); flags.append({n: getattr(f, n) for n in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "is_persistent", "split_k", "epilogue_subtile", "fused_scatter")}); return f
+            f = orig(*a, **k)
+            names = ("block_m", "block_n", "block_k", "num_warps", "num_stages", "is_persistent", "split_k",
+                     "epilogue_subtile", "fused_scatter")
+            flags.append({n: getattr(f, n) for n in names})
+            return f
         mo.make_opt_flags = spy
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     SWEEP = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8), (64, 256, 64, 4, 4), (128, 128, 64, 4, 4), (128, 256, 128, 2, 8)]
@@ -121,7 +133,9 @@ def main() -> None:
         r = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "ours_default_ms": ms(lambda: rm.moe_matmul(a, w, routing, mode))}
         if up:
             call = g.upstream_call(up[0])
-            flags.clear(); call(); r["ogs_flags"] = flags[-1] if flags else None
+            flags.clear()
+            call()
+            r["ogs_flags"] = flags[-1] if flags else None
             r["ogs_ms"] = ms(call)
         for cfg in SWEEP:
             tile = rm.TileConfig(block_m=cfg[0], block_n=cfg[1], block_k=cfg[2], group_m=8, num_stages=cfg[3], num_warps=cfg[4])
@@ -134,7 +148,7 @@ def main() -> None:
                 if x_tma and mode == "gather":
                     continue
                 name = f"p {cfg} wtma={int(w_tma)} xtma={int(x_tma)} flat={int(flat)} ws={int(ws)}"
-                fn = lambda: launch_persistent(a, w, routing, mode, *cfg, w_tma, x_tma, flat, sms, ws)
+                fn = functools.partial(launch_persistent, a, w, routing, mode, *cfg, w_tma, x_tma, flat, sms, ws)
                 try:
                     y = fn()
                     err = float(((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
