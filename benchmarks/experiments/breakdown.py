@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -103,6 +104,33 @@ def save(out_dir: str, name: str, rows: list[dict[str, Any]], row: dict[str, Any
     rows.append(row)
     with open(os.path.join(out_dir, f"experiment-{name}.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), **fields, "rows": rows}, f, indent=1)
+
+
+def against_ogs(name: str, variants_for: Callable[[Any, Any, dict[str, Any]], dict[str, Any]], rounds: int) -> None:
+    """The loop of the experiments that time variants of the library's default tile: for each prefill
+    GEMM of the kernel section (both routings), ``variants_for(gemm, tile, row)`` gives the variants
+    (and may add fields to ``row``); matmul_ogs runs beside them; each variant's GEMM kernels' device
+    time, best of ``rounds``, goes to OUT_DIR/experiment-NAME.json with its ratio to matmul_ogs's."""
+    from bench_moe import CASES, gemms, upstream
+    from resilient_moe._moe_details.launch import default_config
+    from resilient_moe.targets import placement
+
+    out_dir = sys.argv[1]
+    up = upstream()
+    arch = placement().arch
+    rows: list[dict[str, Any]] = []
+    for g in gemms(CASES[:3], (False, True), up):
+        tile = default_config(g.routing.n_rows, g.n, g.k, g.case.experts, g.x.dtype, arch)
+        row: dict[str, Any] = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "tile": tile.as_dict()}
+        variants = variants_for(g, tile, row)
+        if up:
+            variants["ogs"] = g.upstream_call(up[0])
+        for run in variants.values():
+            run()
+        best = profiled_rounds(variants, rounds)
+        if "ogs" in best:
+            row["vs_ogs"] = {k: round(best["ogs"] / v, 3) for k, v in best.items()}
+        save(out_dir, name, rows, row, best, g.flops, rounds=rounds)
 
 
 def main() -> None:

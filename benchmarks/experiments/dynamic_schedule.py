@@ -104,37 +104,30 @@ def dynamic_launch(launch: Any, prefetch: bool) -> Any:
     return run
 
 
-def main() -> None:
-    from bench_moe import CASES, gemms, upstream
-    from breakdown import profiled_rounds, save
-    from resilient_moe._moe_details.launch import default_config, prepare
-    from resilient_moe.targets import placement
+def variants_for(g: Any, tile: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The library's persistent and one-tile launches of ``tile``, and ``_dynamic`` with and without
+    prefetch (``row`` records whether each equals the persistent kernel's output)."""
+    from resilient_moe._moe_details.launch import prepare
 
-    out_dir = sys.argv[1]
-    up = upstream()
-    arch = placement().arch
-    rows: list[dict[str, Any]] = []
-    for g in gemms(CASES[:3], (False, True), up):
-        routing, a, w, mode = g.routing, g.x, g.w, g.mode
-        tile = default_config(routing.n_rows, g.n, g.k, g.case.experts, a.dtype, arch)
-        persistent = prepare(a, w, None, routing, mode, tile)
-        one_tile = prepare(a, w, None, routing, mode, dataclasses.replace(tile, is_persistent=False))
-        variants: dict[str, Any] = {"persistent": persistent.launch, "one_tile": one_tile.launch}
-        if up:
-            variants["ogs"] = g.upstream_call(up[0])
-        persistent.launch()
-        ref = persistent.y.clone()
-        row: dict[str, Any] = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "tile": tile.as_dict()}
-        for name, prefetch in (("dynamic", False), ("dynamic_prefetch", True)):
-            launch = prepare(a, w, None, routing, mode, tile)
-            run = dynamic_launch(launch, prefetch)
-            run()
-            row[f"{name}_equal"] = bool(torch.equal(launch.y, ref))
-            variants[name] = run
-        best = profiled_rounds(variants, ROUNDS)
-        if "ogs" in best:
-            row["vs_ogs"] = {k: round(best["ogs"] / v, 3) for k, v in best.items()}
-        save(out_dir, "dynamic-schedule", rows, row, best, g.flops, rounds=ROUNDS)
+    routing, a, w, mode = g.routing, g.x, g.w, g.mode
+    persistent = prepare(a, w, None, routing, mode, tile)
+    one_tile = prepare(a, w, None, routing, mode, dataclasses.replace(tile, is_persistent=False))
+    variants: dict[str, Any] = {"persistent": persistent.launch, "one_tile": one_tile.launch}
+    persistent.launch()
+    ref = persistent.y.clone()
+    for name, prefetch in (("dynamic", False), ("dynamic_prefetch", True)):
+        launch = prepare(a, w, None, routing, mode, tile)
+        run = dynamic_launch(launch, prefetch)
+        run()
+        row[f"{name}_equal"] = bool(torch.equal(launch.y, ref))
+        variants[name] = run
+    return variants
+
+
+def main() -> None:
+    from breakdown import against_ogs
+
+    against_ogs("dynamic-schedule", variants_for, ROUNDS)
 
 
 if __name__ == "__main__":

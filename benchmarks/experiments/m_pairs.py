@@ -186,40 +186,33 @@ def paired_launch(a: Any, w: Any, routing: Any, mode: str, num_stages: int, skip
     return run, base.y
 
 
-def main() -> None:
-    from bench_moe import CASES, gemms, upstream
-    from breakdown import profiled_rounds, save
-    from resilient_moe._moe_details.launch import default_config, prepare
-    from resilient_moe.targets import placement
+def variants_for(g: Any, tile: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The library's persistent, one-tile and 256-row launches, and the pair forms (``row`` records
+    each pair form's largest difference from the persistent kernel's output)."""
+    from resilient_moe._moe_details.launch import prepare
 
-    out_dir = sys.argv[1]
-    up = upstream()
-    arch = placement().arch
-    rows: list[dict[str, Any]] = []
-    for g in gemms(CASES[:3], (False, True), up):
-        routing, a, w, mode = g.routing, g.x, g.w, g.mode
-        tile = default_config(routing.n_rows, g.n, g.k, g.case.experts, a.dtype, arch)
-        persistent = prepare(a, w, None, routing, mode, tile)
-        one_tile = prepare(a, w, None, routing, mode, dataclasses.replace(tile, is_persistent=False))
-        m256 = prepare(a, w, None, routing, mode, dataclasses.replace(tile, block_m=256, block_n=128))
-        variants: dict[str, Any] = {"persistent": persistent.launch, "one_tile": one_tile.launch, "m256": m256.launch}
-        if up:
-            variants["ogs"] = g.upstream_call(up[0])
-        persistent.launch()
-        ref = persistent.y.float()
-        row: dict[str, Any] = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "tile": tile.as_dict()}
-        runs = {name: paired_launch(a, w, routing, mode, stages, skip)
-                for name, stages, skip in (("pair_skip_s3", 3, True), ("pair_all_s3", 3, False))}
-        runs["split"] = split_launch(a, w, routing, mode, tile)
-        for name, (run, y) in runs.items():
-            y.zero_()
-            run()
-            row[f"{name}_max_err"] = float(((y.float() - ref).abs().max() / ref.abs().max()).item())
-            variants[name] = run
-        best = profiled_rounds(variants, ROUNDS)
-        if "ogs" in best:
-            row["vs_ogs"] = {k: round(best["ogs"] / v, 3) for k, v in best.items()}
-        save(out_dir, "m-pairs", rows, row, best, g.flops, rounds=ROUNDS)
+    routing, a, w, mode = g.routing, g.x, g.w, g.mode
+    persistent = prepare(a, w, None, routing, mode, tile)
+    one_tile = prepare(a, w, None, routing, mode, dataclasses.replace(tile, is_persistent=False))
+    m256 = prepare(a, w, None, routing, mode, dataclasses.replace(tile, block_m=256, block_n=128))
+    variants: dict[str, Any] = {"persistent": persistent.launch, "one_tile": one_tile.launch, "m256": m256.launch}
+    persistent.launch()
+    ref = persistent.y.float()
+    runs = {name: paired_launch(a, w, routing, mode, stages, skip)
+            for name, stages, skip in (("pair_skip_s3", 3, True), ("pair_all_s3", 3, False))}
+    runs["split"] = split_launch(a, w, routing, mode, tile)
+    for name, (run, y) in runs.items():
+        y.zero_()
+        run()
+        row[f"{name}_max_err"] = float(((y.float() - ref).abs().max() / ref.abs().max()).item())
+        variants[name] = run
+    return variants
+
+
+def main() -> None:
+    from breakdown import against_ogs
+
+    against_ogs("m-pairs", variants_for, ROUNDS)
 
 
 if __name__ == "__main__":
