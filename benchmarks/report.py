@@ -100,6 +100,12 @@ RESTART_SITUATIONS = (
 )
 
 
+def _span(values: list[int]) -> str:
+    """A count over the repeated processes: one number where they agree, else lowest-highest."""
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def restart(folder: Path, name: str) -> None:
     r = load(folder, name)
     print(f"\nFirst call of a recovering process ({r['device']}, {r['case']}; seconds, median of "
@@ -111,8 +117,8 @@ def restart(folder: Path, name: str) -> None:
         cells = []
         for situation, _ in RESTART_SITUATIONS:
             found = r[ladder][situation]
-            first = found["runs"][0]
-            cells.append(f"{found['median_s']:.2f} ({first['kernels_compiled']} / {first['failed_rungs']})")
+            counts = [_span([run[field] for run in found["runs"]]) for field in ("kernels_compiled", "failed_rungs")]
+            cells.append(f"{found['median_s']:.2f} ({counts[0]} / {counts[1]})")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

@@ -16,6 +16,7 @@ scatter mode now sums with that kernel. Our GEMM kernel alone was at 0.93 to 1.0
 skewed routings behind most (experiments/grid.py looks at the grid); no tile of the sweep beat the
 default 128x256x64 s4 by more than 1% except 3 stages on uniform DeepSeek-V3 up.
 """
+import dataclasses
 import functools
 import json
 import os
@@ -104,6 +105,17 @@ def save(out_dir: str, name: str, rows: list[dict[str, Any]], row: dict[str, Any
     rows.append(row)
     with open(os.path.join(out_dir, f"experiment-{name}.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), **fields, "rows": rows}, f, indent=1)
+
+
+def both_forms(g: Any, tile: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """The library's persistent and one-tile launches of ``tile`` on ``g``, as variants, and the
+    persistent launch's output (run once), which the experiments' own kernels are checked against."""
+    from resilient_moe._moe_details.launch import prepare
+
+    persistent = prepare(g.x, g.w, None, g.routing, g.mode, tile)
+    one_tile = prepare(g.x, g.w, None, g.routing, g.mode, dataclasses.replace(tile, is_persistent=False))
+    persistent.launch()
+    return {"persistent": persistent.launch, "one_tile": one_tile.launch}, persistent.y.clone()
 
 
 def against_ogs(name: str, variants_for: Callable[[Any, Any, dict[str, Any]], dict[str, Any]], rounds: int) -> None:

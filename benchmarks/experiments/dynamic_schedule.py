@@ -19,7 +19,6 @@ H100, against matmul_ogs (results/experiment-dynamic-schedule-h100.json): DeepSe
 1.047 (dealt out: 0.895; one tile per program: 1.017); each of the other 11 prefill GEMMs 1 to 9%
 behind the dealt-out persistent kernel, which holds 0.98 to 1.05 there. Not adopted.
 """
-import dataclasses
 import os
 import sys
 from typing import Any
@@ -107,16 +106,12 @@ def dynamic_launch(launch: Any, prefetch: bool) -> Any:
 def variants_for(g: Any, tile: Any, row: dict[str, Any]) -> dict[str, Any]:
     """The library's persistent and one-tile launches of ``tile``, and ``_dynamic`` with and without
     prefetch (``row`` records whether each equals the persistent kernel's output)."""
+    from breakdown import both_forms
     from resilient_moe._moe_details.launch import prepare
 
-    routing, a, w, mode = g.routing, g.x, g.w, g.mode
-    persistent = prepare(a, w, None, routing, mode, tile)
-    one_tile = prepare(a, w, None, routing, mode, dataclasses.replace(tile, is_persistent=False))
-    variants: dict[str, Any] = {"persistent": persistent.launch, "one_tile": one_tile.launch}
-    persistent.launch()
-    ref = persistent.y.clone()
+    variants, ref = both_forms(g, tile)
     for name, prefetch in (("dynamic", False), ("dynamic_prefetch", True)):
-        launch = prepare(a, w, None, routing, mode, tile)
+        launch = prepare(g.x, g.w, None, g.routing, g.mode, tile)
         run = dynamic_launch(launch, prefetch)
         run()
         row[f"{name}_equal"] = bool(torch.equal(launch.y, ref))

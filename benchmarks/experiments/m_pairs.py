@@ -189,15 +189,13 @@ def paired_launch(a: Any, w: Any, routing: Any, mode: str, num_stages: int, skip
 def variants_for(g: Any, tile: Any, row: dict[str, Any]) -> dict[str, Any]:
     """The library's persistent, one-tile and 256-row launches, and the pair forms (``row`` records
     each pair form's largest difference from the persistent kernel's output)."""
+    from breakdown import both_forms
     from resilient_moe._moe_details.launch import prepare
 
     routing, a, w, mode = g.routing, g.x, g.w, g.mode
-    persistent = prepare(a, w, None, routing, mode, tile)
-    one_tile = prepare(a, w, None, routing, mode, dataclasses.replace(tile, is_persistent=False))
-    m256 = prepare(a, w, None, routing, mode, dataclasses.replace(tile, block_m=256, block_n=128))
-    variants: dict[str, Any] = {"persistent": persistent.launch, "one_tile": one_tile.launch, "m256": m256.launch}
-    persistent.launch()
-    ref = persistent.y.float()
+    variants, ref = both_forms(g, tile)
+    ref = ref.float()
+    variants["m256"] = prepare(a, w, None, routing, mode, dataclasses.replace(tile, block_m=256, block_n=128)).launch
     runs = {name: paired_launch(a, w, routing, mode, stages, skip)
             for name, stages, skip in (("pair_skip_s3", 3, True), ("pair_all_s3", 3, False))}
     runs["split"] = split_launch(a, w, routing, mode, tile)
