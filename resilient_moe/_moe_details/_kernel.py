@@ -199,7 +199,7 @@ def _moe_matmul_persistent_kernel(
     N, K, stride_xm, stride_xk, stride_be, stride_bn, stride_ym, stride_yn, stride_map,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SCATTER: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INDEX_64: tl.constexpr,
-    IEEE_FP32: tl.constexpr, SPLIT_EPILOGUE: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
 ):
     """What ``_moe_matmul_kernel`` computes, with matmul_ogs's Hopper structure as a whole: a flattened
     loop over tiles (the next tile's loads start under this one's epilogue), W through a TMA
@@ -250,13 +250,7 @@ def _moe_matmul_persistent_kernel(
             store_tile(Y, acc, slots, row_mask, offs_n, n_mask, stride_ym, stride_yn, index)
         else:
             c0, c1, c2 = to_ragged_indices(row_lo, count, off_m)
-            out = acc.to(Y.dtype.element_ty)
-            if SPLIT_EPILOGUE:
-                left, right = out.reshape(BLOCK_M, 2, BLOCK_N // 2).permute(0, 2, 1).split()
-                YDesc.store([c0, c1, c2, off_n], left.reshape([1, 1, BLOCK_M, BLOCK_N // 2]))
-                YDesc.store([c0, c1, c2, off_n + BLOCK_N // 2], right.reshape([1, 1, BLOCK_M, BLOCK_N // 2]))
-            else:
-                YDesc.store([c0, c1, c2, off_n], out.reshape([1, 1, BLOCK_M, BLOCK_N]))
+            YDesc.store([c0, c1, c2, off_n], acc.to(Y.dtype.element_ty).reshape([1, 1, BLOCK_M, BLOCK_N]))
 
 
 @triton.jit

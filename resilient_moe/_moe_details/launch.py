@@ -241,7 +241,6 @@ def prepare(
     mode: Mode,
     config: TileConfig,
     out: Tensor | None = None,
-    split_epilogue: bool = False,
 ) -> KernelLaunch:
     """Validate, allocate the output (unless ``out`` is given) and build the launch; shape-only, so
     meta tensors work.
@@ -273,8 +272,7 @@ def prepare(
     if config.is_persistent and tma_ready(x, w, y, scatter):
         tile_map = _tile_map(routing, config.block_m, max_m_tiles)
         programs = min(_sm_count(x), max_m_tiles * triton.cdiv(n, config.block_n))
-        args = _persistent_args(x, w, bias, y, routing, scatter, config, tile_map, split_epilogue)
-        constexprs["SPLIT_EPILOGUE"] = split_epilogue
+        args = _persistent_args(x, w, bias, y, routing, scatter, config, tile_map)
         return KernelLaunch(_moe_matmul_persistent_kernel, (programs,), args, constexprs, y, result, then, tile_map)
     grid = (max_m_tiles * triton.cdiv(n, config.block_n),)
     args = (*_tensors(x, w, bias, y, routing, scatter), *_sizes(x, w, bias, y))
@@ -313,14 +311,14 @@ def _tile_map(routing: Routing, block_m: int, max_m_tiles: int) -> KernelLaunch:
 
 def _persistent_args(
     x: Tensor, w: Tensor, bias: Tensor | None, y: Tensor, routing: Routing, scatter: bool, config: TileConfig,
-    tile_map: KernelLaunch, split_epilogue: bool,
+    tile_map: KernelLaunch,
 ) -> tuple[Any, ...]:
     """``_moe_matmul_persistent_kernel``'s arguments: host-built TMA descriptors for W and for the
     ragged side (scatter mode's X rows, gather mode's Y rows), then what ``_tensors`` gives the other kernel."""
     n_experts, k, n = w.shape
     w_desc = TensorDescriptor(w, [n_experts, k, n], list(w.stride()), [1, config.block_k, config.block_n])
     x_desc = create_ragged_descriptor(x, [config.block_m, config.block_k]) if scatter else None
-    y_desc = None if scatter else create_ragged_descriptor(y, [config.block_m, config.block_n // (1 + split_epilogue)])
+    y_desc = None if scatter else create_ragged_descriptor(y, [config.block_m, config.block_n])
     _, _, _, _, offsets, gather_idx, scatter_idx, gammas = _tensors(x, w, bias, y, routing, scatter)
     bias_strides = (0, 0) if bias is None else bias.stride()
     return (
