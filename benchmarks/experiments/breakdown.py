@@ -97,10 +97,15 @@ def profiled_rounds(variants: dict[str, Any], rounds: int = ROUNDS) -> dict[str,
 
 def save(out_dir: str, name: str, rows: list[dict[str, Any]], row: dict[str, Any], best: dict[str, float],
          flops: float, **fields: Any) -> None:
-    """Add ``row``, with each variant's device us (``best``) and TFLOP/s, to ``rows``; print it and
-    rewrite OUT_DIR/experiment-NAME.json, so a run cut short still leaves what it measured."""
+    """``record`` ``row`` with each variant's device us (``best``) and TFLOP/s."""
     row["gemm_us"] = {variant: round(us, 1) for variant, us in best.items()}
     row["tflops"] = {variant: round(flops / us / 1e6, 1) for variant, us in best.items()}
+    record(out_dir, name, rows, row, **fields)
+
+
+def record(out_dir: str, name: str, rows: list[dict[str, Any]], row: dict[str, Any], **fields: Any) -> None:
+    """Print ``row``, add it to ``rows`` and rewrite OUT_DIR/experiment-NAME.json (the device, ``fields``,
+    the rows), so a run cut short still leaves what it measured."""
     print(json.dumps(row), flush=True)
     rows.append(row)
     with open(os.path.join(out_dir, f"experiment-{name}.json"), "w") as f:
@@ -217,10 +222,7 @@ def main() -> None:
                 del variants[name]
         best = rounds(variants, ROUNDS, rep=25)
         row["tflops"] = {name: round(g.flops / t / 1e9) for name, t in best.items()}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-breakdown.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+        record(out_dir, "breakdown", rows, row, rounds=ROUNDS)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ the summed device time of every kernel a call launches (torch.profiler), their d
 time the GPU is idle or waiting inside a call), and the host time a call takes to return, with the GPU
 busy.
 
-H100 (results/experiment-call-gap-h100.json): no gap of ours to close. Whole call minus device time
-ran -551 to +103 us for ours and -233 to +148 for matmul_ogs, both signs on both, the size of the
-clock drift between the two measurements, not a cost inside a call; the tile map kernel takes 1.7 to
-10 us. A call returns to the host in 160 to 364 us (one 1364) for ours, 477 to 1595 for matmul_ogs,
+H100, two runs (results/experiment-call-gap{,-second-run}-h100.json): no gap of ours to close. Whole
+call minus device time ran -551 to +103 us for ours and -233 to +148 for matmul_ogs, both signs on
+both, the size of the clock drift between the two measurements, not a cost inside a call; the tile
+map kernel takes 1.7 to 10 us. A call returns to the host in 147 to 364 us (one 1364) for ours, 366 to
+1595 for matmul_ogs,
 hidden behind the milliseconds of GPU work either way. So the whole-call ratios of the kernel section
 are the kernels' own.
 """
-import json
 import os
 import statistics
 import sys
@@ -48,7 +48,7 @@ def host_us(fn: Any, calls: int = 30) -> float:
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, round_times, upstream
-    from breakdown import kernel_times
+    from breakdown import kernel_times, record
 
     out_dir = sys.argv[1]
     up = upstream()
@@ -67,10 +67,7 @@ def main() -> None:
             row[name] = {"whole_us": round(whole[name], 1), "device_us": round(device, 1),
                          "gap_us": round(whole[name] - device, 1), "host_us": round(host_us(fn), 1),
                          "kernels": {k: round(v, 1) for k, v in kernels.items()}}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-call-gap.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+        record(out_dir, "call-gap", rows, row, rounds=ROUNDS)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ The builtin kernel now wraps padding rows onto the tile's own rows ("ours" in
 results/experiment-gather-form-wrapped-h100.json); form[] keeps the first, masked load.
 """
 import functools
-import json
 import os
 import sys
 
@@ -95,6 +94,7 @@ def launch(x, w, routing, config, index_64, **flags):
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, rounds, upstream
+    from breakdown import record
     from resilient_moe._moe_details.launch import prepare
     from resilient_moe.builtin import cache_key
     from resilient_moe.cache import default_cache
@@ -127,10 +127,7 @@ def main() -> None:
                 row["errors"][name] = f"differs from ours: {float((y.float() - ref.float()).abs().max())}"
         row["ms"] = rounds(variants, 5, rep=25)
         row["tflops"] = {name: round(g.flops / t / 1e9) for name, t in row["ms"].items()}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-gather-form.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+        record(out_dir, "gather-form", rows, row)
 
 
 if __name__ == "__main__":

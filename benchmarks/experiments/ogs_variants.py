@@ -14,7 +14,6 @@ chooses, matmul_ogs held non-persistent, and ours, then:
   and 2880), 0 to 4% slower, so it was not kept.
 """
 import functools
-import json
 import os
 import sys
 
@@ -70,6 +69,7 @@ def index_variants(a, w, routing, mode):
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, rounds, upstream
+    from breakdown import record
 
     out_dir = sys.argv[1]
     family = sys.argv[2] if len(sys.argv) > 2 else "persistent"
@@ -104,10 +104,7 @@ def main() -> None:
         row["ms"] = rounds(variants, ROUNDS, rep=25)
         row["tflops"] = {name: round(g.flops / t / 1e9) for name, t in row["ms"].items()}
         row["vs_ogs"] = {name: round(row["ms"]["ogs"] / t, 3) for name, t in row["ms"].items()}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, f"experiment-ogs-variants-{family}.json"), "w") as f:  # each row: runs are long
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+        record(out_dir, f"ogs-variants-{family}", rows, row, rounds=ROUNDS)
 
 
 if __name__ == "__main__":

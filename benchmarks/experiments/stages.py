@@ -8,11 +8,9 @@ everywhere. This times 3 and 4 stages, group_m 8 and 16, on every prefill GEMM o
 (rotating rounds, best round each), with matmul_ogs for scale.
 """
 import functools
-import json
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,6 +20,7 @@ ROUNDS = 5
 def main() -> None:
     import resilient_moe as rm
     from bench_moe import CASES, gemms, rounds, upstream
+    from breakdown import record
     from resilient_moe._moe_details.launch import prepare
 
     out_dir = sys.argv[1]
@@ -43,10 +42,7 @@ def main() -> None:
         row = {"case": g.case.name, "gemm": g.label, "skew": g.skew, "k": g.k, "n": g.n,
                "rows_per_expert": -(-routing.n_rows // g.case.experts), "ms": best,
                "tflops": {name: round(g.flops / t / 1e9) for name, t in best.items()}}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        with open(os.path.join(out_dir, "experiment-stages.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "rows": rows}, f, indent=1)
+        record(out_dir, "stages", rows, row, rounds=ROUNDS)
 
 
 if __name__ == "__main__":
