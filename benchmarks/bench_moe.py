@@ -166,7 +166,7 @@ def section_kernel(out: Path) -> None:
         row = {"case": g.case.name, "gemm": g.label, "mode": mode, "skew": g.skew, "rows": routing.n_rows,
                "k": k, "n": n, "experts_hit": experts_hit, "flops": flops, "weight_bytes": weight_bytes}
         rm.moe_matmul(a, w, routing, mode)  # resolve and cache the default tile
-        row["ours_tile"] = _winner_of(a, w, routing, mode)
+        row["ours_tile"] = cached_tile(a, w, routing, mode).as_dict()
         gathered = a[routing.gather_idx.long()] if mode == "gather" else a
         offs = routing.expert_offsets[1:].contiguous()
         w_cm = w.transpose(1, 2).contiguous().transpose(1, 2)
@@ -203,14 +203,14 @@ def section_kernel(out: Path) -> None:
     (out / "kernel.json").write_text(json.dumps(result, indent=1))
 
 
-def _winner_of(x: torch.Tensor, w: torch.Tensor, routing: Any, mode: str) -> dict[str, Any]:
-    """The tile the dispatcher cached for this call's shape class."""
+def cached_tile(x: torch.Tensor, w: torch.Tensor, routing: Any, mode: str) -> Any:
+    """The tile the dispatcher cached for this call's shape class (after a call has resolved it)."""
     from resilient_moe.builtin import cache_key
     from resilient_moe.cache import default_cache
     from resilient_moe.policy import active_policy
     from resilient_moe.targets import placement
 
-    return default_cache().lookup(cache_key(x, w, None, routing, mode, placement().arch, active_policy())).as_dict()
+    return default_cache().lookup(cache_key(x, w, None, routing, mode, placement().arch, active_policy()))
 
 
 def section_overhead(out: Path) -> None:

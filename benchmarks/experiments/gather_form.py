@@ -93,13 +93,9 @@ def launch(x, w, routing, config, index_64, **flags):
 
 def main() -> None:
     import resilient_moe as rm
-    from bench_moe import CASES, gemms, rounds, upstream
+    from bench_moe import CASES, cached_tile, gemms, rounds, upstream
     from breakdown import record
     from resilient_moe._moe_details.launch import prepare
-    from resilient_moe.builtin import cache_key
-    from resilient_moe.cache import default_cache
-    from resilient_moe.policy import active_policy
-    from resilient_moe.targets import placement
 
     out_dir = sys.argv[1]
     up = upstream()
@@ -111,7 +107,7 @@ def main() -> None:
             continue
         routing, a, w = g.routing, g.x, g.w
         ref = rm.moe_matmul(a, w, routing, "gather")
-        config = default_cache().lookup(cache_key(a, w, None, routing, "gather", placement().arch, active_policy()))
+        config = cached_tile(a, w, routing, "gather")
         index_64 = prepare(a, w, None, routing, "gather", config).constexprs["INDEX_64"]
         ogs_np = g.upstream_call(up[0], {"is_persistent": False})
 

@@ -47,13 +47,10 @@ def persistent_variants(a, w, routing, mode, n):
 
 def index_variants(a, w, routing, mode):
     """Ours on its cached tile, launched through the JIT as it is and with 64-bit offsets."""
+    from bench_moe import cached_tile
     from resilient_moe._moe_details.launch import prepare
-    from resilient_moe.builtin import cache_key
-    from resilient_moe.cache import default_cache
-    from resilient_moe.policy import active_policy
-    from resilient_moe.targets import placement
 
-    winner = default_cache().lookup(cache_key(a, w, None, routing, mode, placement().arch, active_policy()))
+    winner = cached_tile(a, w, routing, mode)
     launch = prepare(a, w, None, routing, mode, winner)
 
     def run(changes):

@@ -69,22 +69,18 @@ def launch_mapped(x, w, routing, mode, tmap, bm, bn, bk, stages, warps):
 
 def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench_moe import CASES, gemms, ms, upstream
+    from bench_moe import CASES, cached_tile, gemms, ms, upstream
     from experiments.persistent_tma import launch_persistent
 
     import resilient_moe as rm
     from resilient_moe._moe_details.launch import prepare
-    from resilient_moe.builtin import cache_key
-    from resilient_moe.cache import default_cache
-    from resilient_moe.policy import active_policy
-    from resilient_moe.targets import placement
 
     up = upstream()
     rows = []
     for g in gemms(CASES, (False,), up):
         routing, a, w, mode = g.routing, g.x, g.w, g.mode
         ref = rm.moe_matmul(a, w, routing, mode)
-        tile = default_cache().lookup(cache_key(a, w, None, routing, mode, placement().arch, active_policy()))
+        tile = cached_tile(a, w, routing, mode)
         compiled = prepare(a, w, None, routing, mode, tile).launch()
         r = {"case": g.case.name, "gemm": g.label, "tile": str(tile), "ours_regs": compiled.n_regs,
              "ours_spills": compiled.n_spills, "ours_ms": ms(lambda: rm.moe_matmul(a, w, routing, mode))}
