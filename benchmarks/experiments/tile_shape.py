@@ -13,7 +13,9 @@ the 12 prefill GEMMs of the kernel section, both routings: device time of the GE
 H100, two runs (results/experiment-tile-shape{,-second-run}-h100.json): 128x128 s4 w4 runs DeepSeek-V3
 up uniform at 1.159 and 1.073 of matmul_ogs (the default 0.974 and 0.912), but its skewed twin, the
 same shape class, at 0.92 both times (the default 1.034 and 1.019), and the other 10 GEMMs at 0.80
-to 0.92 (the default 0.96 to 1.06). The default stays 128x256.
+to 0.92 (the default 0.96 to 1.06). H200 (results/experiment-tile-shape-h200.json): 128x128 loses on
+all 12, DeepSeek-V3 up uniform included (0.912 against the default's 1.048), so its lead is the
+H100's alone. The default stays 128x256.
 """
 import dataclasses
 import os
