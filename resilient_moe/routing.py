@@ -73,7 +73,7 @@ class Routing:
         and 16-byte alignment of each tensor. Computed once (a Routing and its tensors never change),
         as a token shared by every routing of the same layout, so a cached call's key hashes and
         compares it by identity instead of walking the tuple on every call."""
-        tensors = (self.expert_offsets, self.gather_idx, self.scatter_idx, self.gammas)
+        tensors = (self.expert_offsets, self.gather_idx, self.scatter_idx, self.slot_to_row, self.gammas)
         return LaunchLayout.of(
             (
                 self.n_experts, self.n_tokens, self.n_rows, self.top_k,

@@ -263,14 +263,30 @@ def test_the_64_bit_offset_path_gives_the_same_result(mode: str) -> None:
 @needs_kernel
 @pytest.mark.parametrize("top_k", [1, 2, 3, 8])
 @pytest.mark.parametrize("index_64", [False, True])
-def test_the_slot_sum_adds_each_tokens_slots_into_any_strided_out(top_k: int, index_64: bool) -> None:
-    """Scatter mode's second kernel against an fp32 sum; the output a transposed view, one
-    program's columns past N masked (N=40 < BLOCK_N), the 64-bit offset branch forced."""
+def test_the_slot_sum_adds_each_tokens_rows_into_any_strided_out(top_k: int, index_64: bool) -> None:
+    """Scatter mode's second kernel against an fp32 sum of each token's rows, found in expert order
+    through slot_to_row; the output a transposed view, one program's columns past N masked (N=40 <
+    BLOCK_N), the 64-bit offset branch forced."""
     routing = random_routing(n_tokens=12, top_k=top_k)
     y = torch.randn(12 * top_k, 40, generator=torch.Generator().manual_seed(top_k)).to(DEVICE, torch.float16)
     out = torch.full((40, 12), float("nan"), dtype=torch.float16, device=DEVICE).t()
     summed = _slot_sum(y, routing, out)
     summed.kernel[summed.grid](*summed.args, **{**summed.constexprs, "INDEX_64": index_64})
-    expected = y.float().view(12, top_k, 40).sum(dim=1)
+    expected = y.float()[routing.slot_to_row.long()].view(12, top_k, 40).sum(dim=1)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-3)
+
+
+@needs_kernel
+def test_the_slot_sum_skips_slots_without_a_local_row() -> None:
+    """Under expert parallelism a slot routed to another rank (slot_to_row -1) adds nothing: no
+    buffer of every slot is zeroed for it."""
+    routing = random_routing(n_tokens=12, top_k=2, expert_range=(0, 4))
+    y = torch.randn(routing.n_rows, 40, generator=torch.Generator().manual_seed(5)).to(DEVICE, torch.float16)
+    out = torch.full((12, 40), float("nan"), dtype=torch.float16, device=DEVICE)
+    _slot_sum(y, routing, out).launch()
+    rows = routing.slot_to_row.long()
+    local = (rows >= 0).view(12, 2, 1)
+    expected = torch.where(local, y.float()[rows.clamp(min=0)].view(12, 2, 40), 0.0).sum(dim=1)
+    assert not local.all() and local.any()
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-3)
 

@@ -5,7 +5,10 @@
   derives its (expert, m-tile) from the expert offsets and leaves if it has no tile.
 - ``_moe_matmul_persistent_kernel`` (NVIDIA sm_90, ``TileConfig.is_persistent``): one program per SM
   looping over the tiles, which ``_tile_map_kernel`` lists first, with W (and in scatter mode X) loaded
-  and gather mode's Y stored through TMA descriptors.
+  and Y stored through TMA descriptors.
+
+Both write Y in expert order, one row per routed (token, slot) pair; in scatter mode
+``_slot_sum_kernel`` then adds each token's rows, found through the routing's ``slot_to_row``.
 """
 
 import triton
@@ -85,7 +88,7 @@ def _moe_matmul_kernel(
     IEEE_FP32: tl.constexpr,
 ):
     """Gather: Y[r] = X[GatherIdx[r]] @ W[e] + Bias[e], Y in expert order.
-    Scatter: Y[s] = Gammas[s] * (X[r] @ W[e] + Bias[e]) with s = ScatterIdx[r], Y in slot order.
+    Scatter: Y[r] = Gammas[s] * (X[r] @ W[e] + Bias[e]) with s = ScatterIdx[r], the row's flat slot.
     IEEE_FP32 keeps fp32 products exact; otherwise fp32 uses the backend default (tf32 on NVIDIA).
     INDEX_64: offsets in 64 bits, only where an offset into some tensor can reach 2**31 (int32 offsets
     ran Mixtral-sized GEMMs 2 to 5% faster on an H100).
@@ -131,12 +134,9 @@ def tile_matmul(
 
     # What the epilogue needs is loaded before the K loop, so its latency hides behind it: after the
     # loop, scatter mode's two dependent loads (the slot, then its gamma) held the SM idle, since the
-    # next tile cannot start before this program leaves. Gather: rows stay in expert order.
+    # next tile cannot start before this program leaves.
     if SCATTER:
-        y_rows = tl.load(ScatterIdx + rows, mask=row_mask, other=0)
-        gamma = tl.load(Gammas + y_rows, mask=row_mask, other=0.0)
-    else:
-        y_rows = rows
+        gamma = tl.load(Gammas + tl.load(ScatterIdx + rows, mask=row_mask, other=0), mask=row_mask, other=0.0)
     if HAS_BIAS:
         bias = tl.load(Bias + expert.to(index) * stride_be + offs_n * stride_bn, mask=n_mask, other=0.0)
     x_ptrs = X + x_rows.to(index)[:, None] * stride_xm + offs_k[None, :] * stride_xk
@@ -172,7 +172,8 @@ def tile_matmul(
         acc += bias.to(tl.float32)[None, :]
     if SCATTER:
         acc *= gamma[:, None]
-    store_tile(Y, acc, y_rows, row_mask, offs_n, n_mask, stride_ym, stride_yn, index)
+    y_ptrs = Y + rows.to(index)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -203,9 +204,9 @@ def _moe_matmul_persistent_kernel(
 ):
     """What ``_moe_matmul_kernel`` computes, with matmul_ogs's Hopper structure as a whole: a flattened
     loop over tiles (the next tile's loads start under this one's epilogue), W through a TMA
-    descriptor, and per mode the contiguous side through a ragged one, which the hardware clips at the
-    expert's last row: scatter mode's X rows, gather mode's Y rows. Gather mode's X rows are read
-    through pointers, wrapped into the expert as ``source_rows`` does. On an H200 this ran 1 to 10%
+    descriptor, and the sides in expert order through ragged ones, which the hardware clips at the
+    expert's last row: Y's rows, and in scatter mode X's. Gather mode's X rows are read through
+    pointers, wrapped into the expert as ``source_rows`` does. On an H200 this ran 1 to 10%
     faster than the one-tile kernel on every prefill GEMM of the benchmark (experiments/ogs_whole.py).
     """
     index: tl.constexpr = tl.int64 if INDEX_64 else tl.int32
@@ -238,19 +239,15 @@ def _moe_matmul_persistent_kernel(
                 acc = tl.dot(x, w, acc)
             if not SCATTER:
                 x_ptrs += BLOCK_K * stride_xk
-        offs_n = off_n + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < N
         if HAS_BIAS:
-            acc += tl.load(Bias + expert.to(index) * stride_be + offs_n * stride_bn, mask=n_mask, other=0.0)[None, :]
+            offs_n = off_n + tl.arange(0, BLOCK_N)
+            acc += tl.load(Bias + expert.to(index) * stride_be + offs_n * stride_bn, mask=offs_n < N, other=0.0)[None, :]
         if SCATTER:
             rows = off_m + tl.arange(0, BLOCK_M)
-            row_mask = rows < count
-            slots = tl.load(ScatterIdx + row_lo + rows, mask=row_mask, other=0)
-            acc *= tl.load(Gammas + slots, mask=row_mask, other=0.0)[:, None]
-            store_tile(Y, acc, slots, row_mask, offs_n, n_mask, stride_ym, stride_yn, index)
-        else:
-            c0, c1, c2 = to_ragged_indices(row_lo, count, off_m)
-            YDesc.store([c0, c1, c2, off_n], acc.to(Y.dtype.element_ty).reshape([1, 1, BLOCK_M, BLOCK_N]))
+            slots = tl.load(ScatterIdx + row_lo + rows, mask=rows < count, other=0)
+            acc *= tl.load(Gammas + slots, mask=rows < count, other=0.0)[:, None]
+        c0, c1, c2 = to_ragged_indices(row_lo, count, off_m)
+        YDesc.store([c0, c1, c2, off_n], acc.to(Y.dtype.element_ty).reshape([1, 1, BLOCK_M, BLOCK_N]))
 
 
 @triton.jit
@@ -267,24 +264,20 @@ def source_rows(rows, row_start, row_end, GatherIdx, SCATTER: tl.constexpr):
 
 
 @triton.jit
-def store_tile(Y, acc, y_rows, row_mask, offs_n, n_mask, stride_ym, stride_yn, index: tl.constexpr):
-    """The tile's rows into Y at ``y_rows``: expert order (gather) or each row's slot (scatter)."""
-    y_ptrs = Y + y_rows.to(index)[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
-
-
-@triton.jit
-def _slot_sum_kernel(Y, Out, N, stride_ym, stride_om, stride_on, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                     INDEX_64: tl.constexpr):
-    """Scatter mode's second step: Out[t] = the sum of token t's TOP_K slot rows of Y (contiguous, in
-    slot order), accumulated in fp32. A kernel of its own: torch.sum over [T, top_k, N] ran at 1.2 to
-    2.0 TB/s on an H100 where this runs at 2.5 (experiments/breakdown.py); the difference was 0.3% of a
-    DeepSeek-V3 down-projection (top_k 8) and 3% of a Mixtral one (top_k 2)."""
+def _slot_sum_kernel(Y, SlotToRow, Out, N, stride_ym, stride_om, stride_on, TOP_K: tl.constexpr,
+                     BLOCK_N: tl.constexpr, INDEX_64: tl.constexpr):
+    """Scatter mode's second step: Out[t] = the sum of token t's TOP_K rows of Y, in slot order, each
+    found through SlotToRow (a slot with no local row, -1, adds nothing), accumulated in fp32. So the
+    GEMM stores whole tiles in expert order (through TMA in the persistent form, as matmul_ogs does
+    before its reduction), and no [T * top_k, N] buffer is zeroed under expert parallelism. A kernel
+    of its own: torch.sum over [T, top_k, N] ran at 1.2 to 2.0 TB/s on an H100 where this ran at 2.5
+    (experiments/breakdown.py)."""
     index: tl.constexpr = tl.int64 if INDEX_64 else tl.int32
     t = tl.program_id(0).to(index)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for j in tl.static_range(TOP_K):
-        acc += tl.load(Y + (t * TOP_K + j) * stride_ym + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        row = tl.load(SlotToRow + t * TOP_K + j).to(index)
+        acc += tl.load(Y + row * stride_ym + offs_n, mask=n_mask & (row >= 0), other=0.0).to(tl.float32)
     tl.store(Out + t * stride_om + offs_n * stride_on, acc.to(Out.dtype.element_ty), mask=n_mask)

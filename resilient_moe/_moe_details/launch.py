@@ -45,7 +45,7 @@ class KernelLaunch:
     grid: tuple[int, ...]
     args: tuple[Any, ...]
     constexprs: dict[str, int | bool]
-    y: Tensor  # what the kernel writes: the output, or in scatter mode the per-slot rows
+    y: Tensor  # what the kernel writes: the output, or in scatter mode the rows the slot sum adds
     result: Tensor  # what the call returns: y, or in scatter mode the slot sum's output
     then: KernelLaunch | None = None  # scatter mode: the slot sum, launched by finish()
     before: KernelLaunch | None = None  # the persistent kernel: its tile map, launched first
@@ -120,7 +120,7 @@ class BoundLaunch:
                 *_tensors(x, w, bias, y, routing, True), *self.tail,
             )
             result = x.new_empty(routing.n_tokens, self.n) if out is None else out
-            self.slot_sum(stream, y, result)
+            self.slot_sum(stream, y, routing.slot_to_row, result)
             return result
         # gather, the decode path: written out, since each helper call is a measurable share of the launch
         y = x.new_empty(routing.n_rows, self.n) if out is None else out
@@ -146,10 +146,12 @@ class BoundSum:
     def bind(cls, launch: KernelLaunch) -> BoundSum:
         """Compiled through the JIT's own specialization (a cache hit once it has run), not launched."""
         compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.constexprs)
-        return cls(compiled.run, compiled.function, compiled.packed_metadata, launch.grid, _tail(launch, 2))
+        return cls(compiled.run, compiled.function, compiled.packed_metadata, launch.grid, _tail(launch, 3))
 
-    def __call__(self, stream: int, y: Tensor, out: Tensor) -> None:
-        self.launcher(*self.grid, 1, stream, self.function, self.metadata, None, None, None, y, out, *self.tail)
+    def __call__(self, stream: int, y: Tensor, slot_to_row: Tensor, out: Tensor) -> None:
+        self.launcher(
+            *self.grid, 1, stream, self.function, self.metadata, None, None, None, y, slot_to_row, out, *self.tail
+        )
 
 
 def _tail(launch: KernelLaunch, tensors: int) -> tuple[Any, ...]:
@@ -281,13 +283,12 @@ def prepare(
 
 
 def tma_ready(x: Tensor, w: Tensor, y: Tensor, scatter: bool) -> bool:
-    """Whether the persistent kernel's TMA descriptors can cover these operands: W, and scatter mode's X
-    or gather mode's Y, each with a unit last stride and its other strides and base 16-byte aligned
-    (otherwise the one-tile kernel runs the same tile)."""
-    ragged = x if scatter else y
+    """Whether the persistent kernel's TMA descriptors can cover these operands: W, Y and in scatter
+    mode X, each with a unit last stride and its other strides and base 16-byte aligned (otherwise the
+    one-tile kernel runs the same tile)."""
     return all(
         t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
-        for t in (w, ragged)
+        for t in ((w, y, x) if scatter else (w, y))
     )
 
 
@@ -314,11 +315,11 @@ def _persistent_args(
     tile_map: KernelLaunch,
 ) -> tuple[Any, ...]:
     """``_moe_matmul_persistent_kernel``'s arguments: host-built TMA descriptors for W and for the
-    ragged side (scatter mode's X rows, gather mode's Y rows), then what ``_tensors`` gives the other kernel."""
+    ragged sides (Y's rows, and in scatter mode X's), then what ``_tensors`` gives the other kernel."""
     n_experts, k, n = w.shape
     w_desc = TensorDescriptor(w, [n_experts, k, n], list(w.stride()), [1, config.block_k, config.block_n])
     x_desc = create_ragged_descriptor(x, [config.block_m, config.block_k]) if scatter else None
-    y_desc = None if scatter else create_ragged_descriptor(y, [config.block_m, config.block_n])
+    y_desc = create_ragged_descriptor(y, [config.block_m, config.block_n])
     _, _, _, _, offsets, gather_idx, scatter_idx, gammas = _tensors(x, w, bias, y, routing, scatter)
     bias_strides = (0, 0) if bias is None else bias.stride()
     return (
@@ -343,12 +344,9 @@ def _spans_int32(tensor: Tensor | None) -> bool:
 
 
 def _output(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
-    """What the kernel writes. Gather: ``out``, or a new [n_rows, N] in expert order. Scatter: one row
-    per (token, slot), zeroed where a slot has no local row (expert parallelism), summed by ``_slot_sum``."""
-    if not scatter:
-        return x.new_empty(routing.n_rows, n) if out is None else out
-    slots = routing.n_tokens * routing.top_k
-    return x.new_zeros(slots, n) if routing.n_rows < slots else x.new_empty(slots, n)
+    """What the GEMM writes: [n_rows, N] in expert order, ``out`` in gather mode if given; scatter
+    mode's rows are its own, which ``_slot_sum`` adds into the output."""
+    return x.new_empty(routing.n_rows, n) if scatter or out is None else out
 
 
 SLOT_SUM_BLOCK_N = 1024
@@ -356,8 +354,8 @@ SLOT_SUM_BLOCK_N = 1024
 
 
 def _slot_sum(y: Tensor, routing: Routing, out: Tensor | None) -> KernelLaunch:
-    """Scatter mode's second launch: each token's ``top_k`` slot rows of ``y`` summed into ``out`` (or a
-    new [T, N]). Shape-only, like ``prepare``."""
+    """Scatter mode's second launch: each token's ``top_k`` rows of ``y`` (through ``slot_to_row``)
+    summed into ``out`` (or a new [T, N]). Shape-only, like ``prepare``."""
     n = y.shape[1]
     result = y.new_empty(routing.n_tokens, n) if out is None else out
     block_n = min(SLOT_SUM_BLOCK_N, triton.next_power_of_2(n))
@@ -367,7 +365,7 @@ def _slot_sum(y: Tensor, routing: Routing, out: Tensor | None) -> KernelLaunch:
         "INDEX_64": _spans_int32(y) or _spans_int32(result),
         "num_warps": 4,
     }
-    args = (y, result, n, y.stride(0), *result.stride())
+    args = (y, routing.slot_to_row, result, n, y.stride(0), *result.stride())
     return KernelLaunch(_slot_sum_kernel, (routing.n_tokens, triton.cdiv(n, block_n)), args, constexprs, result, result)
 
 
