@@ -14,7 +14,8 @@ parallelism (half the experts local: no matmul_ogs there), with the library befo
 the given folder as ``resilient_moe_before``) and now, and matmul_ogs: whole calls (GEMM and slot sum
 or reduction) timed in rotating rounds (median round, and the median of the rounds' ratios), the
 device time of all kernels a call launches (torch.profiler, one pass each, best of two: a check,
-not a ratio), and whether now and before give the same bits.
+not a ratio; it leaves out memsets, so not before's zero fill), and whether now and before give the
+same bits.
 
 Run against 08b6e5c on an H100 and an H200 (results/experiment-sorted-scatter-h*.json): the same
 bits on all 16 rows of each. Whole calls, now over before: without expert parallelism 0.996 to 1.007
