@@ -32,7 +32,7 @@ from .dispatch import Call, resolve
 from .policy import Policy, active_policy
 from .reference import moe_matmul_reference
 from .routing import Routing
-from .targets import Placement, placement, shared_limit
+from .targets import Placement, compile_env, placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
 _TRITON = f"triton-{triton.__version__}"
@@ -107,6 +107,7 @@ def cache_key(
     return (
         KERNEL, mode, arch, _TRITON, x.dtype, row_bucket(routing.n_rows), *w.shape, routing.top_k,
         bias is not None, w.stride(2) == 1, policy.fingerprint,
+        *(f"{name}={value}" for name, value in compile_env() if arch.startswith("gfx")),
     )
 
 

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     import torch
 
 TARGET_ENV = "RESILIENT_MOE_TARGET"
+ASYNC_COPY_ENV = "TRITON_HIP_USE_ASYNC_COPY"
+COMPILE_ENV: tuple[str, ...] = (ASYNC_COPY_ENV,)
+"""Environment variables that change what Triton compiles: a compile for a virtual chip carries them,
+and keys of winners on the chips they affect hold them."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,24 @@ def chip(name: str) -> Chip:
     if key not in CHIPS:
         raise ValueError(f"{TARGET_ENV} / arch: unknown chip {name!r}; known: {', '.join(CHIPS)}")
     return CHIPS[key]
+
+
+def amd_async_copy(arch: str) -> bool:
+    """Whether the installed Triton pipelines loads on AMD ``arch`` through async copies, which keep
+    ``num_stages`` operand buffers in LDS instead of ``num_stages - 1``. The compiler's own rule is asked:
+    Triton 3.6 does it only with TRITON_HIP_USE_ASYNC_COPY=1; 3.9 by default on gfx950 (=0 turns it off)."""
+    from triton import knobs
+
+    try:
+        from triton.backends.amd.compiler import is_async_copy_enabled
+    except ImportError:  # Triton 3.6: the knob alone decides
+        return bool(knobs.amd.use_async_copy)
+    return bool(is_async_copy_enabled(arch))
+
+
+def compile_env() -> tuple[tuple[str, str], ...]:
+    """The set ``COMPILE_ENV`` variables and their values, as a compile here would see them."""
+    return tuple((name, os.environ[name]) for name in COMPILE_ENV if name in os.environ)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 os.environ.pop("RESILIENT_MOE_TARGET", None)
 os.environ.pop("RESILIENT_MOE_POLICY", None)
+os.environ.pop("TRITON_HIP_USE_ASYNC_COPY", None)
 
 from collections.abc import Callable, Iterator  # noqa: E402
 
@@ -26,7 +27,7 @@ from resilient_moe import (
     virtual,  # noqa: E402
 )
 from resilient_moe.policy import parse_policy  # noqa: E402
-from resilient_moe.targets import TARGET_ENV, placement  # noqa: E402
+from resilient_moe.targets import ASYNC_COPY_ENV, TARGET_ENV, placement  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +40,16 @@ def cache_dir(tmp_path, monkeypatch) -> Iterator[os.PathLike[str]]:
 
 
 @pytest.fixture
-def target(monkeypatch) -> Iterator[Callable[[str], None]]:
-    """Select a virtual chip for the rest of the test: ``target("gfx950")``."""
+def async_copy_off(monkeypatch) -> None:
+    """AMD async copies off, as Triton 3.6 has them: 3.9 turns them on for gfx950 by default, which adds
+    an LDS buffer per tile, and a test that names the tile a ladder lands on must land alike on every
+    supported Triton. tests/test_smem.py covers both settings."""
+    monkeypatch.setenv(ASYNC_COPY_ENV, "0")
+
+
+@pytest.fixture
+def target(monkeypatch, async_copy_off) -> Iterator[Callable[[str], None]]:
+    """Select a virtual chip for the rest of the test: ``target("gfx950")`` (async copies off)."""
 
     def use(name: str) -> None:
         monkeypatch.setenv(TARGET_ENV, name)

@@ -75,7 +75,7 @@ def test_cache_written_by_preflight_spares_the_server_every_failing_compile(targ
     assert [e["event"] for e in logs] == ["tiling.cache_hit", "tiling.cache_hit"]
 
 
-def test_explain_marks_the_rungs_the_dispatcher_does_not_compile(tmp_path, capsys) -> None:
+def test_explain_marks_the_rungs_the_dispatcher_does_not_compile(tmp_path, capsys, async_copy_off) -> None:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump({"version": 1, "arch": {"gfx950": {"default": OVER_GFX950}}}))
     code = cli(

@@ -10,7 +10,7 @@ import resilient_moe as rm
 from resilient_moe import virtual
 from resilient_moe._moe_details.launch import prepare
 from resilient_moe._moe_details.smem import lower_bound, vectorized_operands
-from resilient_moe.targets import chip
+from resilient_moe.targets import ASYNC_COPY_ENV, amd_async_copy, chip
 
 TOKENS, EXPERTS, TOP_K = 64, 8, 2
 
@@ -82,20 +82,51 @@ def test_a_tile_that_fits_is_never_predicted_over_the_limit(measured) -> None:
             assert estimate <= limit, case
 
 
+ASYNC_GFX950 = amd_async_copy("gfx950")
+"""Triton 3.9 pipelines through async copies on gfx950 by default (3.6 only when asked): num_stages
+buffers then, not num_stages - 1, plus a few KiB the bound does not count."""
+
+
 @pytest.mark.parametrize(
     ("arch", "spec", "expected"),
     [
         ("sm_90", "128x256x64 s5 w8", 245760),  # 5 stages x (128x64 + 64x256) x 2 bytes
         ("sm_80", "128x256x64 s5 w8", 196608),  # 4 buffers
-        ("gfx950", "256x256x64 s4 w8", 196608),  # 3 buffers of 65536
-        ("gfx950", "256x64x64 s5 w8", 163840),  # the limit itself
         ("gfx942", "128x128x64 s3 w8", 65536),  # the limit itself
         ("gfx942", "128x128x64 s4 w8", 98304),
+        *(
+            [("gfx950", "256x256x64 s4 w8", 262144), ("gfx950", "256x64x64 s5 w8", 204800)]  # 4 and 5 buffers
+            if ASYNC_GFX950 else
+            [("gfx950", "256x256x64 s4 w8", 196608), ("gfx950", "256x64x64 s5 w8", 163840)]  # 3 buffers; the limit
+        ),
     ],
 )
 def test_exact_where_the_ladder_decides(measured, arch, spec, expected) -> None:
+    """Exact, or with async copies on gfx950 within 4% below the real bytes (the epilogue's scratch)."""
     estimate, compiled = next((e, c) for case, e, c in measured if case[:2] == (arch, spec))
-    assert estimate == compiled.shared == expected
+    assert estimate == expected
+    if arch == "gfx950" and ASYNC_GFX950:
+        assert expected < compiled.shared <= 1.04 * expected
+    else:
+        assert compiled.shared == expected
+
+
+@pytest.mark.parametrize("async_copy", ["0", "1"])
+def test_the_bound_follows_the_compilers_async_copy_setting(async_copy, monkeypatch) -> None:
+    """TRITON_HIP_USE_ASYNC_COPY, either way, on every supported Triton: one operand buffer more per
+    tile with it, and the bound still never above the real bytes, one stage included."""
+    monkeypatch.setenv(ASYNC_COPY_ENV, async_copy)
+    x, w, _, routing = operands(torch.float32, "gather", False, 1024)
+    jobs = {}
+    for spec in ("64x64x32 s2 w4", "128x128x64 s1 w4", "16x256x64 s4 w4"):
+        launch = prepare(x, w, None, routing, "gather", tile(spec))
+        jobs[virtual.job_for(launch.kernel, launch.args, launch.constexprs, "gfx950")] = (spec, lower_bound(x, w, "gfx950")(tile(spec)))
+    results = dict(virtual.compile_many(jobs, processes=2))
+    bound = {spec: estimate for spec, estimate in jobs.values()}
+    assert bound["16x256x64 s4 w4"] == (4 if async_copy == "1" else 3) * (16 * 64 + 64 * 256) * 4
+    for job, (spec, estimate) in jobs.items():
+        assert estimate <= results[job].shared, (spec, estimate, results[job].shared)
+    assert results[next(j for j, (spec, _) in jobs.items() if spec == "16x256x64 s4 w4")].shared == bound["16x256x64 s4 w4"]
 
 
 def test_the_persistent_default_fits_sm_90_at_3_stages_only(measured) -> None:

@@ -279,5 +279,7 @@ def _slot_sum_kernel(Y, SlotToRow, Out, N, stride_ym, stride_om, stride_on, TOP_
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         row = tl.load(SlotToRow + t * TOP_K + j).to(index)
-        acc += tl.load(Y + row * stride_ym + offs_n, mask=n_mask & (row >= 0), other=0.0).to(tl.float32)
+        # tl.where, not ``n_mask & (row >= 0)``: Triton 3.9's interpreter gives that mask an int32 dtype
+        # and rejects the load ("mask has unsupported dtype"); compiled, both are the same select.
+        acc += tl.load(Y + row * stride_ym + offs_n, mask=tl.where(row >= 0, n_mask, False), other=0.0).to(tl.float32)
     tl.store(Out + t * stride_om + offs_n * stride_on, acc.to(Out.dtype.element_ty), mask=n_mask)

@@ -5,7 +5,7 @@ tile of X or one BLOCK_K x BLOCK_N tile of W. What else the compiler allocates (
 conversions) reuses that space or adds to it, so counting buffers gives a lower bound. The persistent
 form adds a TMA buffer for its epilogue, so the same count stays below it (213016 bytes real against
 147456 counted for sm_90's 128x256x64 s3 default). Every count
-below was checked against ``metadata.shared`` of real compiles with Triton 3.6 (tests/test_smem.py).
+below was checked against ``metadata.shared`` of real compiles with Triton 3.6 and 3.9 (tests/test_smem.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..config import TileConfig
+from ..targets import amd_async_copy
 
 _WARP_SIZE = {"sm_80": 32, "sm_86": 32, "sm_89": 32, "sm_90": 32, "sm_120": 32, "gfx90a": 64, "gfx942": 64, "gfx950": 64}
 """The chips the bound was checked on; sm_100 (tcgen05, a pipeline of its own) was only sampled."""
@@ -34,8 +35,9 @@ def shared_bytes_lower_bound(config: TileConfig, itemsize: int, arch: str, vecto
     - sm_90: num_stages when the dot is a wgmma (block_m a multiple of 64, 2-byte operands, warps a
       multiple of 4), else num_stages - 1, at least 1: 128x256x64 bf16 s5 = 5 x 49152 = 245760.
     - sm_80, sm_86, sm_89, sm_120: num_stages - 1, at least 1.
-    - gfx90a, gfx942, gfx950: num_stages - 1: 256x256x64 bf16 s4 = 3 x 65536 = 196608. One stage,
-      where an operand may skip LDS: 0.
+    - gfx90a, gfx942, gfx950: num_stages - 1: 256x256x64 bf16 s4 = 3 x 65536 = 196608, or num_stages
+      where the compiler pipelines through async copies (``targets.amd_async_copy``: Triton 3.9 does on
+      gfx950 by default, and adds a few KiB to them: 272304 for that tile). One stage: 0 without them.
     - any other arch (sm_100, the interpreter), or a tile outside what was measured: 0, never a
       reason to skip a tile.
     """
@@ -47,7 +49,7 @@ def shared_bytes_lower_bound(config: TileConfig, itemsize: int, arch: str, vecto
     counted = sum(tile for tile, aligned in zip(tiles, vectorized) if aligned and tile >= 4 * threads)
     stages = config.num_stages
     if arch.startswith("gfx"):
-        return (stages - 1) * counted
+        return (stages if stages > 1 and amd_async_copy(arch) else stages - 1) * counted
     wgmma = arch == "sm_90" and itemsize == 2 and config.block_m % 64 == 0 and config.num_warps % 4 == 0
     return (stages if wgmma else max(stages - 1, 1)) * counted
 

@@ -3,8 +3,8 @@
 Triton asks ``driver.active`` for the target, the device and the device's shared-memory limit, and
 ``CompiledKernel._init_handles`` raises the real ``OutOfResources`` when ``metadata.shared`` is over
 that limit. Installing this driver therefore gives real compiles and real errors for any chip, with
-the JIT's own argument specialization. Each virtual chip reports its own device key, because the JIT
-keeps its compiled kernels per device, not per target. Launches that fit do nothing: outputs of a
+the JIT's own argument specialization. Each virtual chip (and compiler environment) reports its own
+device key, because the JIT keeps its compiled kernels per device, not per target. Launches that fit do nothing: outputs of a
 virtual run are not computed.
 
 The driver is process-global state in Triton: use ``virtual_target`` in a tool or a worker process,
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from triton.runtime.driver import driver
 
-from ..targets import Chip
+from ..targets import Chip, compile_env
 
 
 class _Utils:
@@ -62,7 +62,9 @@ class VirtualDriver:
         return self.chip.gpu_target()
 
     def get_current_device(self) -> str:
-        return f"resilient_moe.virtual:{self.chip.name}"
+        """The JIT keeps compiled kernels per device: one key per chip and compiler environment, so a
+        kernel compiled for gfx950 without async copies is not reused with them."""
+        return ",".join([f"resilient_moe.virtual:{self.chip.name}", *(f"{k}={v}" for k, v in compile_env())])
 
     def get_current_stream(self, device: Any = None) -> int:
         return 0

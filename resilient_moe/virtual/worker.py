@@ -8,12 +8,14 @@ specializes on: dtypes and 16-byte alignment of pointers, the integer values, th
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -84,6 +86,7 @@ class CompileJob:
     args: tuple[Any, ...]  # PointerArg for tensors, DescriptorArg for TMA descriptors, ints, floats, None
     constexprs: tuple[tuple[str, Any], ...]  # constexpr values and launch options (num_warps, num_stages)
     chip: str
+    env: tuple[tuple[str, str], ...] = ()  # the compiler's environment knobs (targets.COMPILE_ENV) to compile under
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,11 @@ class Compiled:
 
 def job_for(kernel: Any, args: tuple[Any, ...], constexprs: dict[str, Any], chip: str) -> CompileJob:
     """Describe a launch so another process can compile it exactly as the JIT here would."""
+    from ..targets import compile_env
+
     fn = kernel.fn
     described = tuple(_described(a) for a in args)
-    return CompileJob(f"{fn.__module__}:{fn.__name__}", described, tuple(sorted(constexprs.items())), chip)
+    return CompileJob(f"{fn.__module__}:{fn.__name__}", described, tuple(sorted(constexprs.items())), chip, compile_env())
 
 
 def compile_here(job: CompileJob) -> Compiled:
@@ -113,7 +118,7 @@ def compile_here(job: CompileJob) -> Compiled:
     kernel = getattr(importlib.import_module(module), name)
     target = lookup(job.chip)
     args = tuple(_rebuilt(a) for a in job.args)
-    with virtual_target(target):
+    with virtual_target(target), _environment(job.env):
         compiled = kernel.warmup(*args, grid=(1,), **dict(job.constexprs))
         try:
             compiled._init_handles()  # Triton's own resource checks, against the chip's limits
@@ -121,6 +126,25 @@ def compile_here(job: CompileJob) -> Compiled:
         except OutOfResources as err:
             error = err
     return Compiled(compiled.metadata.shared, target.max_shared_mem, error)
+
+
+@contextlib.contextmanager
+def _environment(env: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Exactly ``env`` for the compiler's knobs (``targets.COMPILE_ENV``), whatever the worker started with."""
+    from ..targets import COMPILE_ENV
+
+    saved = {name: os.environ.get(name) for name in COMPILE_ENV}
+    for name in COMPILE_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
