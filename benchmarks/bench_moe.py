@@ -1,12 +1,13 @@
 """GPU benchmarks of resilient_moe: kernel speed against peers, dispatcher cost, recovery quality.
 
-    python benchmarks/bench_moe.py --section kernel|overhead|recovery|check --out DIR
+    python benchmarks/bench_moe.py --section kernel|overhead|recovery|restart --out DIR
 
-Each section writes DIR/<section>.json; benchmarks/report.py turns them into the README table.
+Each section writes DIR/<section>.json; committed as results/<section>-<chip>.json, benchmarks/report.py
+turns them into the README tables.
 Peers are measured in the same process as ours: torch._grouped_mm (CUTLASS grouped GEMM, on rows
 gathered beforehand, untimed) and upstream triton_kernels matmul_ogs when it imports (v3.5.1 here).
-Timings are medians of triton.testing.do_bench (the kernel section: the best of three rotating
-rounds); compare them only within one run on one machine.
+Timings are medians of triton.testing.do_bench (the kernel section: 6 rotating rounds, each callable's
+median round); compare them only within one run on one machine.
 """
 
 from __future__ import annotations
@@ -80,11 +81,6 @@ def round_times(fns: dict[str, Callable[[], Any]], n: int, rep: int = 60) -> dic
     return times
 
 
-def rounds(fns: dict[str, Callable[[], Any]], n: int = 3, rep: int = 60) -> dict[str, float]:
-    """Best of ``n`` rotating rounds of each callable (``round_times``)."""
-    return {name: min(found) for name, found in round_times(fns, n, rep).items()}
-
-
 def upstream() -> Any | None:
     try:
         from triton_kernels.matmul_ogs import matmul_ogs
@@ -113,27 +109,13 @@ class Gemm:
     def flops(self) -> float:
         return 2.0 * self.routing.n_rows * self.k * self.n
 
-    def upstream_call(self, matmul_ogs: Callable[..., Any], constraints: dict[str, Any] | None = None) -> Callable[[], Any]:
+    def upstream_call(self, matmul_ogs: Callable[..., Any]) -> Callable[[], Any]:
         """matmul_ogs on the same operands: gather fused into the up-projection, gamma-weighted scatter into
-        the down; ``constraints`` hold its opt flags for the call (``{"is_persistent": False}``)."""
+        the down."""
         rdata, gather, scatter = self.upstream_routing
         if self.mode == "gather":
-            call = functools.partial(matmul_ogs, self.x, self.w, None, rdata, gather_indx=gather)
-        else:
-            call = functools.partial(matmul_ogs, self.x, self.w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
-        if not constraints:
-            return call
-
-        def constrained() -> Any:
-            from triton_kernels.matmul_ogs_details import opt_flags
-
-            opt_flags.update_opt_flags_constraints(constraints)
-            try:
-                return call()
-            finally:
-                opt_flags.reset_opt_flags_constraints()
-
-        return constrained
+            return functools.partial(matmul_ogs, self.x, self.w, None, rdata, gather_indx=gather)
+        return functools.partial(matmul_ogs, self.x, self.w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
 
 
 def gemms(cases: list[Case], skews: tuple[bool, ...], up: Any | None) -> Iterator[Gemm]:

@@ -1,12 +1,12 @@
-"""Print the markdown tables of benchmarks/README.md from the committed JSON results.
+"""Print the markdown tables of benchmarks/README.md from the committed JSON results (no GPU needed).
 
     python benchmarks/report.py [benchmarks/results]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -14,59 +14,84 @@ def load(folder: Path, name: str):
     return json.loads((folder / name).read_text())
 
 
-def kernel(folder: Path, name: str) -> None:
-    data = load(folder, name)
-    if "rounds" in data:  # each callable's median round; ours against the best peer within each round, median
-        how = f"{data['rounds']} rotating rounds: each the median round, the ratio the median of the rounds' ratios"
-    else:
-        how = "each peer the best of three rotating rounds"
-    print(f"### 1. Kernel speed ({data['device']}, bf16, one run; {how})\n")
-    print("| case | gemm | routing | ours TFLOP/s | matmul_ogs v3.5.1 | torch._grouped_mm | ours / best peer | ours weight GB/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in data["rows"]:
-        ratio = r.get("ours_vs_best_peer") or r["ours_tflops"] / max(r.get("matmul_ogs_tflops", 0), r.get("grouped_mm_tflops", 0))
-        print(f"| {r['case']} | {r['gemm']} | {'skewed' if r['skew'] else 'uniform'} | {r['ours_tflops']:.0f} | "
-              f"{r.get('matmul_ogs_tflops', 0):.0f} | {r.get('grouped_mm_tflops', 0):.0f} | {ratio:.2f} | "
-              f"{r['ours_weight_gbps']:.0f} |")
+CHIPS = ("h100", "h200")
+"""Chips whose results are tabled side by side, as named in the file names (<section>-<chip>.json)."""
+
+
+def runs(folder: Path, section: str) -> list[tuple[str, dict]]:
+    """(chip label, result) for each chip with a result of this section in ``folder``."""
+    return [(chip.upper(), load(folder, f"{section}-{chip}.json")) for chip in CHIPS
+            if (folder / f"{section}-{chip}.json").exists()]
+
+
+def devices(found: list[tuple[str, dict]]) -> str:
+    return ", ".join(f"{chip} = {d['device']}" for chip, d in found)
+
+
+def _ratio(r: dict) -> float:
+    return r.get("ours_vs_best_peer") or r["ours_tflops"] / max(r.get("matmul_ogs_tflops", 0), r.get("grouped_mm_tflops", 0))
+
+
+def kernel(folder: Path) -> None:
+    found = runs(folder, "kernel")
+    how = sorted({f"{d['rounds']} rotating rounds: each callable's median round, the ratio the median of the rounds' ratios"
+                  if "rounds" in d else "each peer the best of three rotating rounds" for _, d in found})
+    print(f"### 1. Kernel speed (bf16; {devices(found)}; one run each; {'; '.join(how)})\n")
+    print("TFLOP/s as ours / matmul_ogs v3.5.1 / torch._grouped_mm; the ratio is ours over the best peer.\n")
+    print("| case | gemm | routing | " + " | ".join(f"{c} TFLOP/s | {c} ratio | {c} ours weight GB/s" for c, _ in found) + " |")
+    print("|---|---|---|" + "---|---|---|" * len(found))
+    for rows in zip(*(d["rows"] for _, d in found)):
+        r0 = rows[0]
+        assert all((r["case"], r["gemm"], r["skew"]) == (r0["case"], r0["gemm"], r0["skew"]) for r in rows), rows
+        cells = " | ".join(f"{r['ours_tflops']:.0f} / {r.get('matmul_ogs_tflops', 0):.0f} / {r.get('grouped_mm_tflops', 0):.0f} | "
+                           f"{_ratio(r):.2f} | {r['ours_weight_gbps']:.0f}" for r in rows)
+        print(f"| {r0['case']} | {r0['gemm']} | {'skewed' if r0['skew'] else 'uniform'} | {cells} |")
     print()
 
 
+OVERHEAD_ROWS = (
+    ("Triton JIT launch of the compiled kernel (`kernel[grid](*args, **constexprs)`)", "jit_launch"),
+    ("the compiled kernel's own launcher, every argument prepared (`compiled[grid](*args)`)", "compiled_launch"),
+    ("the same, allocating the output first", "compiled_launch_with_allocation"),
+    ("`prepare(...).run()`: validation, output allocation, JIT launch", "prepare_and_jit_launch"),
+    ("**`moe_matmul(...)`, cached** (operand key, lookup, allocation, bound launch)", "moe_matmul_cached"),
+    ("**`moe_matmul(..., out=buffer)`, cached** (no allocation)", "moe_matmul_cached_out"),
+    ("its bound launch alone, into `out`", "bound_launch_out"),
+    ("**`moe_matmul(..., mode=\"scatter\")`, cached**, the down-projection (GEMM and slot sum, both bound)",
+     "moe_matmul_scatter_cached"),
+    ("`torch.sum` over the down-projection's slot rows alone (the slot sum before the Triton kernel)",
+     "torch_sum_of_slots"),
+    ("upstream `matmul_ogs` v3.5.1, same shape", "upstream_matmul_ogs"),
+)
+
+
 def overhead(folder: Path) -> None:
-    d = load(folder, "overhead-h100.json")
-    h, q, g = d["host_us"], d["queued_host_us"], d["cuda_graph"]
-    print(f"\n### 2. Host cost of a call ({d['device']}, deepseek-v3 decode up-projection)\n")
-    print("Two timings per path: one call with the GPU idle before it (median of 2000), and calls issued back "
-          "to back as a server does, the host running ahead of the GPU (each call timed alone, the paths "
-          f"interleaved call by call, median of {d['queued_calls_per_path']} calls per path).\n")
-    print("| path | host us, one call | host us, back to back |\n|---|---|---|")
-    rows = [
-        ("Triton JIT launch of the compiled kernel (`kernel[grid](*args, **constexprs)`)", "jit_launch"),
-        ("the compiled kernel's own launcher, every argument prepared (`compiled[grid](*args)`)", "compiled_launch"),
-        ("the same, allocating the output first", "compiled_launch_with_allocation"),
-        ("`prepare(...).run()`: validation, output allocation, JIT launch", "prepare_and_jit_launch"),
-        ("**`moe_matmul(...)`, cached** (operand key, lookup, allocation, bound launch)", "moe_matmul_cached"),
-        ("**`moe_matmul(..., out=buffer)`, cached** (no allocation)", "moe_matmul_cached_out"),
-        ("its bound launch alone, into `out`", "bound_launch_out"),
-        ("**`moe_matmul(..., mode=\"scatter\")`, cached**, the down-projection (GEMM and slot sum, both bound)",
-         "moe_matmul_scatter_cached"),
-        ("`torch.sum` over the down-projection's slot rows alone (the slot sum before the Triton kernel)",
-         "torch_sum_of_slots"),
-        ("upstream `matmul_ogs` v3.5.1, same shape", "upstream_matmul_ogs"),
-    ]
-    for label, key in rows:
-        if key in h:
-            queued = f"{q[key]:.1f}" if key in q else "-"
-            print(f"| {label} | {h[key]:.1f} | {queued} |")
-    parts = ", ".join(f"{name.replace('_', ' ')} {us:.1f}" for name, us in d["parts_us"].items())
-    print(f"\nBack to back: `moe_matmul(out=)` minus the compiled launcher "
-          f"**{d['queued_extra_us_with_out_vs_compiled_launch']:+.1f} us** (median of the paired differences, each "
-          f"pair timed in one sweep: {d['queued_paired_extra_us_with_out_vs_compiled_launch']:+.1f} us); "
-          f"`moe_matmul` minus the compiled launcher "
-          f"with allocation **{d['queued_extra_us_vs_compiled_launch_with_allocation']:+.1f} us**. One call: "
-          f"{d['extra_us_with_out_vs_compiled_launch']:+.1f} and {d['extra_us_vs_compiled_launch_with_allocation']:+.1f} us; "
-          f"against the JIT launch {d['extra_us_vs_jit_launch']:+.1f} us. Pieces timed alone (us): {parts}. "
-          f"CUDA graph: captured {g['captured']}, replay equals eager {g['replay_equals_eager']}, replay "
-          f"{g['replay_ms']:.3f} ms vs eager {g['eager_ms']:.3f} ms.")
+    found = runs(folder, "overhead")
+    calls = "/".join(sorted({str(d["queued_calls_per_path"]) for _, d in found}))
+    print(f"### 2. Host cost of a call (deepseek-v3 decode up-projection; {devices(found)})\n")
+    print("Host us. One call: the GPU idle before it (median of 2000). Back to back: as a server issues calls, the "
+          "host running ahead of the GPU (each call timed alone, the paths interleaved call by call, median of "
+          f"{calls} calls per path).\n")
+    print("| path | " + " | ".join(f"{c} one call | {c} back to back" for c, _ in found) + " |")
+    print("|---|" + "---|---|" * len(found))
+    for label, key in OVERHEAD_ROWS:
+        cells = []
+        for _, d in found:
+            h, q = d["host_us"], d["queued_host_us"]
+            cells.append((f"{h[key]:.1f}" if key in h else "-") + " | " + (f"{q[key]:.1f}" if key in q else "-"))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    for chip, d in found:
+        g = d["cuda_graph"]
+        parts = ", ".join(f"{name.replace('_', ' ')} {us:.1f}" for name, us in d["parts_us"].items())
+        print(f"{chip}, back to back: `moe_matmul(out=)` minus the compiled launcher "
+              f"**{d['queued_extra_us_with_out_vs_compiled_launch']:+.1f} us** (paired differences: "
+              f"{d['queued_paired_extra_us_with_out_vs_compiled_launch']:+.1f} us); `moe_matmul` minus the compiled "
+              f"launcher with allocation **{d['queued_extra_us_vs_compiled_launch_with_allocation']:+.1f} us**. One call: "
+              f"{d['extra_us_with_out_vs_compiled_launch']:+.1f} and {d['extra_us_vs_compiled_launch_with_allocation']:+.1f} us; "
+              f"against the JIT launch {d['extra_us_vs_jit_launch']:+.1f} us. Pieces (us): {parts}. CUDA graph: captured "
+              f"{g['captured']}, replay equals eager {g['replay_equals_eager']}, replay {g['replay_ms']:.3f} ms vs eager "
+              f"{g['eager_ms']:.3f} ms.\n")
 
 
 LADDERS = (("plain", "plain (block_n first)"), ("num_stages_first", "stages first"),
@@ -79,17 +104,23 @@ def tile(c: dict) -> str:
     return f"{c['block_m']}x{c['block_n']}x{c['block_k']} s{c['num_stages']} w{c['num_warps']}{persistent}"
 
 
-def recovery(folder: Path, name: str) -> None:
-    d = load(folder, name)
-    f = d["forced_default"]
-    print(f"\n### 3. Recovery quality ({d['device']}; default forced to {tile({**f})}, 245760 B > 232448)\n")
-    print("Each ratio times the landed tile and the best one in alternation (median of 3 pairs).\n")
-    ladders = [(name, label) for name, label in LADDERS if name in d["rows"][0]["ladders"]]
-    print("| case | best fitting tile (sweep) | best TFLOP/s | " + " | ".join(f"{label} lands on | / best" for _, label in ladders) + " |")
-    print("|---|---|---|" + "---|---|" * len(ladders))
-    for r in d["rows"]:
-        cells = " | ".join(f"{tile(r['ladders'][name]['landed'])} | {r['ladders'][name]['landed_vs_best']:.2f}" for name, _ in ladders)
-        print(f"| {r['case']} {r['gemm']} | {tile(r['best']['config'])} ({len(r['sweep'])} tiles) | {r['best']['tflops']:.0f} | {cells} |")
+def recovery(folder: Path) -> None:
+    found = runs(folder, "recovery")
+    forced = {tile(d["forced_default"]) for _, d in found}
+    print(f"### 3. Recovery quality ({devices(found)}; default forced to {' / '.join(sorted(forced))}, "
+          "245760 B > 232448)\n")
+    print("Each cell: the tile the ladder lands on, and its speed over the best fitting tile of the sweep "
+          "(the two timed in alternation, median of 3 pairs).\n")
+    ladders = [(name, label) for name, label in LADDERS if all(name in d["rows"][0]["ladders"] for _, d in found)]
+    print("| chip | case | best fitting tile (sweep) | best TFLOP/s | " + " | ".join(label for _, label in ladders) + " |")
+    print("|---|---|---|---|" + "---|" * len(ladders))
+    for chip, d in found:
+        for r in d["rows"]:
+            cells = " | ".join(f"{tile(r['ladders'][name]['landed'])}: {r['ladders'][name]['landed_vs_best']:.2f}"
+                               for name, _ in ladders)
+            print(f"| {chip} | {r['case']} {r['gemm']} | {tile(r['best']['config'])} ({len(r['sweep'])} tiles) | "
+                  f"{r['best']['tflops']:.0f} | {cells} |")
+    print()
 
 
 RESTART_SITUATIONS = (
@@ -106,28 +137,31 @@ def _span(values: list[int]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def restart(folder: Path, name: str) -> None:
-    r = load(folder, name)
-    print(f"\nFirst call of a recovering process ({r['device']}, {r['case']}; seconds, median of "
-          f"{r['repeats']} processes; kernels compiled / rungs that failed):\n")
-    print("| ladder | " + " | ".join(label for _, label in RESTART_SITUATIONS) + " |")
-    print("|---|" + "---|" * len(RESTART_SITUATIONS))
-    for ladder, label in (("compile_every_rung", "compile every rung"),
-                          ("skip_predicted", "skip rungs the estimate rules out (default)")):
-        cells = []
-        for situation, _ in RESTART_SITUATIONS:
-            found = r[ladder][situation]
-            counts = [_span([run[field] for run in found["runs"]]) for field in ("kernels_compiled", "failed_rungs")]
-            cells.append(f"{found['median_s']:.2f} ({counts[0]} / {counts[1]})")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+def restart(folder: Path) -> None:
+    found = runs(folder, "restart")
+    cases = sorted({d["case"] for _, d in found})
+    repeats = sorted({str(d["repeats"]) for _, d in found})
+    print(f"### 4. First call of a recovering process ({devices(found)}; {', '.join(cases)}; seconds, median of "
+          f"{'/'.join(repeats)} processes; kernels compiled / rungs that failed)\n")
+    print("| chip | ladder | " + " | ".join(label for _, label in RESTART_SITUATIONS) + " |")
+    print("|---|---|" + "---|" * len(RESTART_SITUATIONS))
+    for chip, r in found:
+        for ladder, label in (("compile_every_rung", "compile every rung"),
+                              ("skip_predicted", "skip rungs the estimate rules out (default)")):
+            cells = []
+            for situation, _ in RESTART_SITUATIONS:
+                cell = r[ladder][situation]
+                counts = [_span([run[field] for run in cell["runs"]]) for field in ("kernels_compiled", "failed_rungs")]
+                cells.append(f"{cell['median_s']:.2f} ({counts[0]} / {counts[1]})")
+            print(f"| {chip} | {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results")
-    for name in ("kernel-h100.json", "kernel-h200.json"):
-        kernel(folder, name)
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("folder", nargs="?", type=Path, default=Path(__file__).parent / "results",
+                     help="folder of <section>-<chip>.json results (default: benchmarks/results)")
+    folder = cli.parse_args().folder
+    kernel(folder)
     overhead(folder)
-    for name in ("recovery-h100.json", "recovery-h200.json"):
-        recovery(folder, name)
-    for name in ("restart-h100.json", "restart-h200.json"):
-        restart(folder, name)
+    recovery(folder)
+    restart(folder)
