@@ -102,7 +102,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["preflight", "diff"]:
+        from .preflight import diff_parser
+
+        args = diff_parser().parse_args(argv[2:])
+    else:
+        args = parser().parse_args(argv)
     return int(args.func(args))
 
 

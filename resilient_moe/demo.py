@@ -70,7 +70,7 @@ def run() -> int:
     from .policy import load_policy, shipped_policy
     from .reference import moe_matmul_reference
     from .routing import route
-    from .targets import placement
+    from .targets import describe_compiler, placement
 
     events.configure_console(logging.INFO)
     collector = _Collector()
@@ -93,6 +93,7 @@ def run() -> int:
           f"({rows_per_expert} rows per expert), hidden {layer.hidden}, ffn {layer.ffn}, "
           f"{str(layer.dtype).removeprefix('torch.')}")
     print(f"runs on: {runs_on}, arch {where.arch}{chip}")
+    print(f"triton:  {describe_compiler(where.arch)}")
     print(f"policy:  {policy_file} (default tile 256x256x64 s4 on every chip)")
     print(f"cache:   {cache.path}\n")
 

@@ -32,7 +32,8 @@ from .config import TileConfig
 from .ladder import rungs
 from .models import PRESETS, Gemm, ShapesError, load_shapes
 from .policy import Policy, PolicyError, active_policy, load_policy
-from .targets import Chip, chip
+from .preflight_diff import REPORT_FORMAT, ReportError, compare, load_report, render
+from .targets import Chip, chip, describe_compiler
 
 if TYPE_CHECKING:
     import torch
@@ -321,6 +322,7 @@ def _describe_chip(target: Chip) -> str:
 
 def _preflight_command(args: argparse.Namespace) -> int:
     import torch
+    import triton
 
     try:
         gemms = load_shapes(args.shapes) if args.shapes else PRESETS[args.model].gemms()
@@ -344,11 +346,13 @@ def _preflight_command(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(json.dumps({
+            "format": REPORT_FORMAT, "triton": triton.__version__, "compiler": describe_compiler(args.arch.name),
             "arch": args.arch.name, "limit": args.arch.max_shared_mem, "dtype": args.dtype,
+            "model": args.model or args.shapes, "tokens": list(args.tokens), "policy": policy.fingerprint,
             "cache": None if path is None else str(path), "rows": [r.as_dict() for r in rows],
         }, indent=1))
     else:
-        print(f"{args.model or args.shapes}, {args.dtype}, on {_describe_chip(args.arch)}")
+        print(f"{args.model or args.shapes}, {args.dtype}, on {_describe_chip(args.arch)}; triton {describe_compiler(args.arch.name)}")
         print(_render_rows(rows, policy))
         crashed = sum(not r.default_fits for r in rows)
         print(f"\n{crashed} of {len(rows)} default tiles do not fit {args.arch.name}; "
@@ -379,7 +383,7 @@ def _explain_command(args: argparse.Namespace) -> int:
     rows = args.tokens * gemm.top_k
     print(f"moe_matmul {gemm.mode}, {args.dtype}: {args.tokens} tokens x top-{gemm.top_k} = {rows} rows, "
           f"K {gemm.k}, N {gemm.n}, {gemm.experts} experts ({-(-rows // gemm.experts)} rows per expert)\n"
-          f"on {_describe_chip(args.arch)}")
+          f"on {_describe_chip(args.arch)}; triton {describe_compiler(args.arch.name)}")
     body = [
         (
             "default" if i == 0 else f"rung {i}", str(s.config), s.shared, f"{100 * s.shared / limit:.0f}%",
@@ -392,6 +396,41 @@ def _explain_command(args: argparse.Namespace) -> int:
         _plot(steps, args.arch, args.plot)
         print(f"wrote {args.plot}")
     return 0 if any(s.picked for s in steps) else 1
+
+
+def _diff_command(args: argparse.Namespace) -> int:
+    try:
+        a, b = load_report(args.a), load_report(args.b)
+    except ReportError as err:
+        print(f"resilient-moe preflight diff: {err}", file=sys.stderr)
+        return 2
+    if (a.arch, a.dtype) != (b.arch, b.dtype):
+        print(f"note: the reports are for different chips or dtypes ({a.arch} {a.dtype}, {b.arch} {b.dtype})",
+              file=sys.stderr)
+    changes = compare(a, b)
+    if args.json:
+        print(json.dumps([{"gemm": c.gemm, "mode": c.mode, "tokens": c.tokens, "change": c.what(), "a": c.a, "b": c.b}
+                          for c in changes if args.all or c.what()], indent=1))
+    else:
+        print(render(a, b, changes, every_row=args.all))
+    return 1 if any(c.outcome_changes for c in changes) else 0
+
+
+def diff_parser() -> argparse.ArgumentParser:
+    """``resilient-moe preflight diff``: a parser of its own, since ``preflight`` requires --arch and a model."""
+    parser = argparse.ArgumentParser(
+        prog="resilient-moe preflight diff",
+        description="Compare two `resilient-moe preflight --json` reports, e.g. the same model and chip under the "
+        "Triton you run and the one you upgrade to: the GEMMs whose default tile stops (or starts) fitting, whose "
+        "chosen tile changes, or that no tile fits, with the bytes on each side. Exit code 1 if a default's fit or "
+        "a chosen tile changes, 0 if only bytes moved, 2 for a file that is not a report.",
+    )
+    parser.add_argument("a", metavar="A.json", help="the report of today's setup (e.g. triton 3.6)")
+    parser.add_argument("b", metavar="B.json", help="the report of the setup to check (e.g. triton 3.9)")
+    parser.add_argument("--all", action="store_true", help="list every GEMM call, not only those that differ")
+    parser.add_argument("--json", action="store_true", help="print the differing rows as JSON")
+    parser.set_defaults(func=_diff_command)
+    return parser
 
 
 def _note(step: Step) -> str:
@@ -457,6 +496,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "down-projection: scatter, K = intermediate, N = hidden) at each token count: the default tile and "
         "its bytes, whether it fits the chip, the tile the policy's ladder lands on and the attempts it takes. "
         "Compiles for the chip on this machine; no GPU needed. Exit code 1 if some GEMM has no fitting tile.",
+        epilog="resilient-moe preflight diff A.json B.json compares two --json reports: run preflight under the "
+        "Triton you have and the one you upgrade to, and see which tiles stop fitting before you deploy it.",
     )
     _common(pre)
     source = pre.add_mutually_exclusive_group(required=True)

@@ -47,7 +47,7 @@ CHIPS: dict[str, Chip] = {
         Chip("sm_80", "cuda", 80, 32, 166912, "A100", _GUIDE),
         Chip("sm_86", "cuda", 86, 32, 101376, "RTX 30xx, A10, A40", _GUIDE),
         Chip("sm_89", "cuda", 89, 32, 101376, "RTX 40xx, L4, L40S", _GUIDE),
-        Chip("sm_90", "cuda", 90, 32, 232448, "H100, H200", "driver-reported on an H100 (FACTS.md, 2026-11-22); same in " + _GUIDE),
+        Chip("sm_90", "cuda", 90, 32, 232448, "H100, H200", "driver-reported on an H100, 2026-11-22 (docs/design.md, 'Chip facts'); same in " + _GUIDE),
         Chip("sm_100", "cuda", 100, 32, 232448, "B200, GB200", _GUIDE),
         Chip("sm_120", "cuda", 120, 32, 101376, "RTX 50xx, RTX PRO 6000", _GUIDE),
         Chip("gfx90a", "hip", "gfx90a", 64, 65536, "MI210, MI250X", "AMD CDNA2 ISA guide: 64 KiB LDS per CU"),
@@ -81,6 +81,15 @@ def amd_async_copy(arch: str) -> bool:
     except ImportError:  # Triton 3.6: the knob alone decides
         return bool(knobs.amd.use_async_copy)
     return bool(is_async_copy_enabled(arch))
+
+
+def describe_compiler(arch: str) -> str:
+    """Which Triton compiles, from where, and on AMD whether async copies are on: a Triton upgrade moves
+    shared-memory bytes, so every report says which compiler it comes from."""
+    import triton
+
+    copies = f", async copies {'on' if amd_async_copy(arch) else 'off'} for {arch}" if arch.startswith("gfx") else ""
+    return f"{triton.__version__} ({os.path.dirname(triton.__file__)}){copies}"
 
 
 def compile_env() -> tuple[tuple[str, str], ...]:
