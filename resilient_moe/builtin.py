@@ -144,8 +144,8 @@ def plan(
 
 def _forms(config: TileConfig) -> list[TileConfig]:
     """A persistent tile's other form, for ``ladder.compare_forms``: the same tile, one per program,
-    which any GPU runs. Not the reverse: decode tiles ran up to 11% slower persistent
-    (experiments/ogs_whole.py), and timing a second form costs a compile."""
+    which any GPU runs. Not the reverse: decode tiles ran slower persistent (docs/design.md,
+    "Persistent kernel"), and timing a second form costs a compile."""
     return [config.replace(is_persistent=False)] if config.is_persistent else []
 
 

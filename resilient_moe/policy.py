@@ -44,7 +44,7 @@ class _Frozen(BaseModel):
 class Ladder(_Frozen):
     """How rungs are generated from the default tile (see ``ladder.py``)."""
 
-    order: tuple[Move, ...] = ("num_stages", "block_n", "block_m")  # benchmarks/README.md says why
+    order: tuple[Move, ...] = ("num_stages", "block_n", "block_m")  # keeps the MMA tile (docs/design.md, "Ladder")
     min_block_n: Positive = 16
     min_block_m: Positive = 16
     min_block_k: Positive = 16

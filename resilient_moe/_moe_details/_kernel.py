@@ -206,8 +206,8 @@ def _moe_matmul_persistent_kernel(
     loop over tiles (the next tile's loads start under this one's epilogue), W through a TMA
     descriptor, and the sides in expert order through ragged ones, which the hardware clips at the
     expert's last row: Y's rows, and in scatter mode X's. Gather mode's X rows are read through
-    pointers, wrapped into the expert as ``source_rows`` does. On an H200 this ran 1 to 10%
-    faster than the one-tile kernel on every prefill GEMM of the benchmark (experiments/ogs_whole.py).
+    pointers, wrapped into the expert as ``source_rows`` does. Used because it beat the one-tile
+    kernel on sm_90 prefill (docs/design.md, "Persistent kernel").
     """
     index: tl.constexpr = tl.int64 if INDEX_64 else tl.int32
     num_pid_m = tl.load(TileCount)
@@ -255,8 +255,8 @@ def source_rows(rows, row_start, row_end, GatherIdx, SCATTER: tl.constexpr):
     """The X row each tile row reads. Rows past the expert's end wrap onto the tile's own rows (their
     results are never stored), so the K loop needs no M mask. Not one fixed row: reading X[0] there
     made every padded tile of the grid read that one row at once, and reading the tile's first row
-    made all its padding lanes read one row; either cost the gather mode up to 17% on an H100
-    (experiments/gather_form.py)."""
+    made all its padding lanes read one row; either made one row a hot spot in gather mode
+    (docs/design.md, "Tile defaults")."""
     x_rows = row_start + (rows - row_start) % (row_end - row_start)
     if not SCATTER:
         x_rows = tl.load(GatherIdx + x_rows)
@@ -270,8 +270,8 @@ def _slot_sum_kernel(Y, SlotToRow, Out, N, stride_ym, stride_om, stride_on, TOP_
     found through SlotToRow (a slot with no local row, -1, adds nothing), accumulated in fp32. So the
     GEMM stores whole tiles in expert order (through TMA in the persistent form, as matmul_ogs does
     before its reduction), and no [T * top_k, N] buffer is zeroed under expert parallelism. A kernel
-    of its own: torch.sum over [T, top_k, N] ran at 1.2 to 2.0 TB/s on an H100 where this ran at 2.5
-    (experiments/breakdown.py)."""
+    of its own because torch.sum over [T, top_k, N] was slower (docs/design.md, "Scatter mode and
+    slot sum")."""
     index: tl.constexpr = tl.int64 if INDEX_64 else tl.int32
     t = tl.program_id(0).to(index)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)

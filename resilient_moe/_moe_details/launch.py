@@ -30,7 +30,7 @@ SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torc
 _LARGE_SMEM_NVIDIA: frozenset[str] = frozenset({"sm_90", "sm_90a", "sm_100", "sm_100a"})
 """NVIDIA archs with about 228 KiB of shared memory per block; others get smaller first guesses."""
 _PERSISTENT_FIRST: frozenset[str] = frozenset({"sm_90", "sm_90a"})
-"""Where prefill tiles start persistent: measured on an H100 and an H200 (benchmarks/README.md)."""
+"""Where prefill tiles start persistent: it beat the one-tile kernel there (docs/design.md, "Persistent kernel")."""
 
 
 @dataclass(frozen=True)
@@ -350,7 +350,7 @@ def _output(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | No
 
 
 SLOT_SUM_BLOCK_N = 1024
-"""Columns per program of the slot sum: 512 to 2048 ran alike on an H100 (experiments/breakdown.py)."""
+"""Columns per program of the slot sum: 512 to 2048 ran alike (docs/design.md, "Scatter mode and slot sum")."""
 
 
 def _slot_sum(y: Tensor, routing: Routing, out: Tensor | None) -> KernelLaunch:
@@ -395,8 +395,8 @@ def default_config(
     block_m follows the mean rows per expert so small batches do not pad tiles with idle rows.
     128x256x64 at 4 stages (192 KiB of shared memory) was the fastest one-tile bf16 prefill tile on an
     H200. On sm_90, 2-byte prefill tiles start persistent at 3 stages (4 leave no room for the
-    epilogue's TMA buffer: 213 KiB at 3), which ran 1 to 10% faster on every prefill GEMM of the
-    benchmark on an H200 and on 10 of 12 on an H100; decode tiles stay one per program.
+    epilogue's TMA buffer: 213 KiB at 3), faster than one tile per program there (docs/design.md,
+    "Persistent kernel"); decode tiles stay one per program.
     """
     rows_per_expert = triton.cdiv(n_rows, max(n_experts, 1))
     block_m = min(128, max(16, triton.next_power_of_2(rows_per_expert)))

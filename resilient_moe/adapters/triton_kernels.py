@@ -62,7 +62,7 @@ from ..targets import Placement, placement
 from ..virtual import virtual_target
 
 ASYNC_COPY_ENV = "TRITON_HIP_USE_ASYNC_COPY"
-"""Doubles the LDS a tile needs on gfx950 when set (FACTS.md); part of the key on AMD chips."""
+"""Doubles the LDS a tile needs on gfx950 when set (docs/design.md, "Chip facts"); part of the key on AMD chips."""
 
 TILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TileConfig))
 _TRITON = f"triton-{triton.__version__}"
