@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import tempfile
@@ -34,6 +35,14 @@ REFERENCE = "reference"
 """Recorded instead of a config when every rung failed and the policy falls back to the torch reference."""
 
 Winner = TileConfig | str
+
+MAX_DEPTH = 8
+"""Levels of nesting an entry may have: ours have 4 (entry, attempts, attempt, config); a file nested
+deeper is not ours, and Python's JSON writer, which recurses, might not write it back."""
+
+STALE_TEMPORARY_S = 60.0
+"""Age after which a temporary file next to the cache is a killed writer's leftover: a writer holds the
+lock while its temporary exists, and writes it within milliseconds."""
 
 MAX_DERIVED = 4096
 
@@ -123,6 +132,7 @@ class TilingCache:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, _locked(self.path):
+            self._remove_stale_temporaries()
             merged = {**self._read(), **entries}
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
             try:
@@ -154,6 +164,15 @@ class TilingCache:
             self.path.unlink()
             return True
 
+    def _remove_stale_temporaries(self) -> None:
+        """Delete what writers killed mid-write left (``tempfile`` names: the file's name, then ``.tmp``)."""
+        assert self.path is not None
+        cutoff = time.time() - STALE_TEMPORARY_S
+        for leftover in self.path.parent.glob(f"{glob.escape(self.path.name)}*.tmp"):
+            with contextlib.suppress(OSError):  # another writer may have removed it first
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+
     def _refresh(self) -> None:
         stamp = _stamp(self.path)
         if stamp != self._file_stamp:
@@ -163,26 +182,41 @@ class TilingCache:
         """The file's entries; a file that is not ours is renamed aside and counts as empty."""
         assert self.path is not None
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as err:
             events.cache_corrupt(path=str(self.path), error=str(err), action="ignored")
             return {}
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
             if not (isinstance(data, dict) and data.get("format") == FORMAT and data.get("version") == VERSION):
                 raise ValueError(f"not a {FORMAT} v{VERSION} file")
             entries = data.get("entries")
             if not isinstance(entries, dict):
                 raise ValueError("'entries' must be a mapping")
+            if _deeper_than(entries, MAX_DEPTH):
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
             return entries
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: JSON nested past Python's stack
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}-{os.getpid()}")
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
             events.cache_corrupt(path=str(self.path), error=str(err), action="renamed", moved_to=str(aside))
             return {}
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether lists and mappings nest in ``data`` more than ``limit`` levels (walked without recursion)."""
+    level: list[Any] = [data]
+    for _ in range(limit + 1):
+        level = [
+            child for item in level if isinstance(item, (dict, list))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _show(winner: Winner) -> dict[str, int] | str:

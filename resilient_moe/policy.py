@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.resources
 import os
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .config import check_tile_field
 
 POLICY_ENV = "RESILIENT_MOE_POLICY"
 
@@ -66,10 +69,15 @@ class Ladder(_Frozen):
             raise ValueError(f"order repeats a move: {list(order)}")
         return order
 
-    @field_validator("min_block_n", "min_block_m", "min_block_k", "factor")
+    @field_validator("factor")
     @classmethod
     def _pow2(cls, value: int, info) -> int:
         return _power_of_two(info.field_name, value)
+
+    @field_validator("min_block_n", "min_block_m", "min_block_k", "min_num_stages", "min_num_warps")
+    @classmethod
+    def _floor_fits_triton(cls, value: int, info) -> int:
+        return check_tile_field(info.field_name.removeprefix("min_"), value, info.field_name)
 
 
 class TileFields(_Frozen):
@@ -83,10 +91,11 @@ class TileFields(_Frozen):
     num_stages: Annotated[int, Field(ge=1)] | None = None
     is_persistent: StrictBool | None = None
 
-    @field_validator("block_m", "block_n", "block_k", "num_warps")
+    @field_validator("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages")
     @classmethod
-    def _pow2(cls, value: int | None, info) -> int | None:
-        return None if value is None else _power_of_two(info.field_name, value)
+    def _fits_triton(cls, value: int | None, info) -> int | None:
+        """What TileConfig accepts, checked at load: an absurd tile must not reach the first call's compile."""
+        return None if value is None else check_tile_field(info.field_name, value)
 
     def values(self) -> dict[str, int | bool]:
         return self.model_dump(exclude_none=True)
@@ -116,13 +125,25 @@ class Policy(_Frozen):
     triggers: dict[Resource, tuple[Move, ...]] = Field(default_factory=_default_triggers)
     arch: dict[str, ArchSection] = Field(default_factory=dict)
 
+    @field_validator("triggers")
+    @classmethod
+    def _shared_memory_listed(cls, triggers: dict[Resource, tuple[Move, ...]]) -> dict[Resource, tuple[Move, ...]]:
+        """Rejected at load, not a KeyError at the first shortage: 'shared memory' is the resource that runs
+        out, and its moves serve every resource the triggers do not name."""
+        if "shared memory" not in triggers:
+            raise ValueError(
+                f"triggers must list 'shared memory' (its moves also serve resources not listed; "
+                f"'shared memory: []' allows none), got {list(triggers)}"
+            )
+        return triggers
+
     @model_validator(mode="after")
     def _arch_names_known(self) -> Policy:
         from .targets import CHIPS
 
         unknown = [name for name in self.arch if name not in CHIPS and name != "interpreter"]
         if unknown:
-            raise ValueError(f"arch: unknown chip {unknown[0]!r}; known: {', '.join(CHIPS)}")
+            raise ValueError(f"arch: unknown chip {_short(unknown[0])}; known: {', '.join(CHIPS)}")
         return self
 
     @functools.cached_property
@@ -135,7 +156,7 @@ class Policy(_Frozen):
 
     def moves_for(self, resource: str) -> tuple[Move, ...]:
         """The ladder's moves allowed for this resource, in the ladder's order."""
-        allowed = self.triggers.get(resource, self.triggers["shared memory"])  # type: ignore[index]
+        allowed = self.triggers.get(resource, self.triggers["shared memory"])  # type: ignore[call-overload]
         return tuple(move for move in self.ladder.order if move in allowed) or tuple(allowed)
 
 
@@ -143,14 +164,81 @@ class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file, the field and the value."""
 
 
+MAX_YAML_BYTES = 1 << 20
+"""Largest policy or shapes file read (the shipped ones are under 2 KB): a path like /dev/zero must not hang."""
+MAX_YAML_NODES = 100_000
+"""Most nodes a file may expand to, each alias counted at each use: about 1 KB of aliases expands to
+10**9 strings, which validation and its error message would walk."""
+MAX_YAML_DEPTH = 32
+"""Deepest nesting (the shipped files nest 4 levels): 1000 levels overflowed the YAML composer's recursion."""
+
+
+class YAMLBoundError(yaml.MarkedYAMLError):
+    """A YAML document over one of the bounds above."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document over MAX_YAML_DEPTH or MAX_YAML_NODES while composing it,
+    before anything is built from it. Each node's expanded size and depth are kept by its id, so an
+    alias costs a lookup, not a walk."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth), aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._expanded:  # its node is still being composed
+                raise YAMLBoundError(None, None, "an alias refers to a node that contains it", mark)
+            return node
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YAMLBoundError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._expanded[id(node)] = self._measure(node, mark)
+        return node
+
+    def _measure(self, node: yaml.Node, mark: yaml.Mark) -> tuple[int, int]:
+        """Nodes and depth of ``node`` with its aliases expanded, from its children's (composed before it)."""
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        sizes = [self._expanded[id(child)] for child in children]
+        nodes = 1 + sum(n for n, _ in sizes)
+        depth = 1 + max((d for _, d in sizes), default=0)
+        if nodes > MAX_YAML_NODES:
+            raise YAMLBoundError(None, None, f"expands to more than {MAX_YAML_NODES} nodes (aliases?)", mark)
+        if depth > MAX_YAML_DEPTH:
+            raise YAMLBoundError(None, None, f"expands deeper than {MAX_YAML_DEPTH} levels (aliases?)", mark)
+        return nodes, depth
+
+
 def read_yaml(path: Path, what: str, error: type[ValueError]) -> Any:
-    """A YAML file's data; an unreadable or malformed file raises ``error`` naming the file."""
+    """A YAML file's data; an unreadable, malformed or oversized file raises ``error`` naming the file.
+    Bytes go to the parser undecoded: invalid UTF-8 is then a YAML error with its position."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
     except OSError as err:
         raise error(f"{path}: cannot read {what}: {err.strerror or err}") from err
+    if len(raw) > MAX_YAML_BYTES:
+        raise error(f"{path}: not a {what}: larger than {MAX_YAML_BYTES} bytes")
+    try:
+        return yaml.load(raw, Loader=_BoundedLoader)
+    except YAMLBoundError as err:
+        raise error(f"{path}: not a {what}: {err}") from None
     except yaml.YAMLError as err:
         raise error(f"{path}: not valid YAML: {err}") from err
+    except ValueError as err:  # a scalar the constructor cannot build: a date like 2001-13-45, 5000 digits
+        raise error(f"{path}: not valid YAML: {_short(str(err))}") from err
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
@@ -165,11 +253,29 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as err:
+        errors = err.errors()
         lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '<root>'} = {e.get('input')!r}: {e['msg']}"
-            for e in err.errors()
+            f"  {'.'.join(_short(p, quoted=False) for p in e['loc']) or '<root>'} = {_short(e.get('input'))}: "
+            f"{_short(e['msg'], quoted=False, limit=300)}"
+            for e in errors[:MAX_LISTED]
         ]
+        if len(errors) > MAX_LISTED:
+            lines.append(f"  ... and {len(errors) - MAX_LISTED} more")
         raise PolicyError(f"{source}: invalid policy\n" + "\n".join(lines)) from None
+
+
+MAX_LISTED = 10
+"""Errors a PolicyError lists; the rest are counted."""
+
+_repr = reprlib.Repr()  # keyword arguments only from Python 3.12
+_repr.maxlevel, _repr.maxtuple, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 3, 4, 4, 4, 60, 60
+
+
+def _short(value: object, quoted: bool = True, limit: int = 80) -> str:
+    """A bad value as an error shows it: its repr (or text), cut to ``limit`` characters, however large it is
+    (reprlib never builds a whole repr of a large container)."""
+    text = _repr.repr(value) if quoted else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def shipped_policy(name: str) -> Path:
