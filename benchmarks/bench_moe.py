@@ -148,7 +148,7 @@ def section_kernel(out: Path) -> None:
         row = {"case": g.case.name, "gemm": g.label, "mode": mode, "skew": g.skew, "rows": routing.n_rows,
                "k": k, "n": n, "experts_hit": experts_hit, "flops": flops, "weight_bytes": weight_bytes}
         rm.moe_matmul(a, w, routing, mode)  # resolve and cache the default tile
-        row["ours_tile"] = cached_tile(a, w, routing, mode).as_dict()
+        row["ours_tile"] = rm.resolution(a, w, routing, mode).winner.as_dict()
         gathered = a[routing.gather_idx.long()] if mode == "gather" else a
         offs = routing.expert_offsets[1:].contiguous()
         w_cm = w.transpose(1, 2).contiguous().transpose(1, 2)
@@ -185,24 +185,15 @@ def section_kernel(out: Path) -> None:
     (out / "kernel.json").write_text(json.dumps(result, indent=1))
 
 
-def cached_tile(x: torch.Tensor, w: torch.Tensor, routing: Any, mode: str) -> Any:
-    """The tile the dispatcher cached for this call's shape class (after a call has resolved it)."""
-    from resilient_moe.builtin import cache_key
-    from resilient_moe.cache import default_cache
-    from resilient_moe.policy import active_policy
-    from resilient_moe.targets import placement
-
-    return default_cache().lookup(cache_key(x, w, None, routing, mode, placement().arch, active_policy()))
-
-
 def section_overhead(out: Path) -> None:
     """Host time of a cached call against launching the same compiled kernel directly, and graph capture."""
     from triton.runtime.driver import driver
 
     import resilient_moe as rm
-    from resilient_moe._moe_details.launch import hooks_installed, operand_key, prepare
-    from resilient_moe.cache import default_cache
+    from resilient_moe._moe_details.bound import hooks_installed, operand_key
+    from resilient_moe._moe_details.launch import prepare
     from resilient_moe.policy import active_policy
+    from resilient_moe.settings import LAUNCHES
 
     case = CASES[3]
     logits = logits_for(case, False)
@@ -211,7 +202,7 @@ def section_overhead(out: Path) -> None:
     w = torch.randn(case.experts, case.hidden, case.ffn2, device="cuda", dtype=torch.bfloat16) / 100
     for _ in range(3):  # resolve, then bind
         rm.moe_matmul(x, w, routing, "gather")
-    (config,) = [c for c in default_cache().memory.values()]
+    config = rm.resolution(x, w, routing, "gather").winner
     xs = torch.randn(routing.n_rows, case.ffn2 // 2, device="cuda", dtype=torch.bfloat16)
     ws = torch.randn(case.experts, case.ffn2 // 2, case.hidden, device="cuda", dtype=torch.bfloat16) / 100
     for _ in range(3):  # the down-projection: resolve, then bind the GEMM and the slot sum
@@ -224,7 +215,7 @@ def section_overhead(out: Path) -> None:
     for _ in range(2):  # resolve nothing (same shape class), then bind the out= layout
         rm.moe_matmul(x, w, routing, "gather", out=out_buffer)
     exact = operand_key(x, w, None, routing, "gather", None, active_policy().fingerprint)
-    derived = default_cache().derived
+    derived = LAUNCHES
     paths: dict[str, Callable[[], Any]] = {
         "jit_launch": lambda: launch.kernel[launch.grid](*launch.args, **launch.constexprs),
         "compiled_launch": lambda: compiled[(launch.grid[0], 1, 1)](*everything),
@@ -341,11 +332,11 @@ def fitting_space(rows_per_expert: int, arch: str) -> list[dict[str, int | bool]
 
 def section_recovery(out: Path) -> None:
     """Force the default over the chip's limit; compare the landing rung with the best fitting tile."""
-    from resilient_moe.cache import default_cache
     from resilient_moe.policy import parse_policy
+    from resilient_moe.settings import cache
     from resilient_moe.targets import placement
 
-    default_cache().clear()  # every ladder climbs from the forced default, not from an earlier run's winner
+    cache().clear()  # every ladder climbs from the forced default, not from an earlier run's winner
     arch = placement().arch
     untimed = {"compare": 0, "compare_forms": "never"}  # the first tile that fits
     first_fit = {"trim_block_m": False, **untimed}

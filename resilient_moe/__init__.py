@@ -1,8 +1,9 @@
 """resilient_moe: Triton MoE GEMMs that keep running when a tile does not fit the chip.
 
-Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py) -> backend launch
-(moe_matmul.py and _moe_details/; adapters/ for upstream triton_kernels) -> cache (cache.py) and
-events (events.py). virtual/ compiles for chips this machine does not have; targets.py lists them.
+Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py, one protocol for
+every backend) -> backends (builtin.py with _moe_details/; adapters/ for upstream triton_kernels) ->
+cache (cache.py) and events (events.py). virtual/ compiles for chips this machine does not have;
+targets.py lists them; settings.py holds the process-global state and ``reset()``.
 
 Names are imported on first use: whether Triton interprets or compiles is fixed when a kernel
 module is imported, so ``import resilient_moe`` must not import one (the CLI decides first).
@@ -20,6 +21,9 @@ _EXPORTS = {
     "Chip": "targets",
     "Attempt": "dispatch",
     "LadderExhaustedError": "dispatch",
+    "Resolution": "dispatch",
+    "reset": "settings",
+    "resolution": "builtin",
     "Policy": "policy",
     "PolicyError": "policy",
     "load_policy": "policy",
@@ -54,11 +58,12 @@ if TYPE_CHECKING:
         patch_triton_kernels,
         unpatch_triton_kernels,
     )
-    from .builtin import moe_matmul
+    from .builtin import moe_matmul, resolution
     from .cache import TilingCache
     from .config import TileConfig
-    from .dispatch import Attempt, LadderExhaustedError
+    from .dispatch import Attempt, LadderExhaustedError, Resolution
     from .policy import Policy, PolicyError, load_policy
     from .reference import moe_matmul_reference
     from .routing import Routing, route
+    from .settings import reset
     from .targets import CHIPS, Chip

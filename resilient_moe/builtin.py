@@ -8,30 +8,29 @@ shape in a known shape class costs one JIT launch. No compile, no file I/O, no h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import triton
 from torch import Tensor
 
-from . import events, virtual
+from . import events, settings, virtual
 from ._moe_details import smem
-from ._moe_details.launch import (
-    BoundLaunch,
-    Mode,
-    check_operands,
-    default_config,
-    hooks_installed,
-    operand_key,
-    prepare,
-)
-from .cache import REFERENCE, Key, default_cache, row_bucket
+from ._moe_details.launch import INTERPRETED
+from ._moe_details.bound import BoundLaunch, hooks_installed, operand_key
+from ._moe_details.heuristics import default_config
+from ._moe_details.launch import KernelLaunch, Mode, Operands, build, check_operands
+from .cache import row_bucket
 from .config import TileConfig
-from .dispatch import Call, resolve
+from .dispatch import Call, Resolution, resolve
 from .policy import Policy, active_policy
 from .reference import moe_matmul_reference
 from .routing import Routing
+from .settings import LAUNCHES
 from .targets import Placement, compile_env, placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
@@ -60,83 +59,112 @@ def moe_matmul(
         return _empty(x, w, bias, routing, mode, out)
     policy = active_policy(policy)
     exact = operand_key(x, w, bias, routing, mode, out, policy.fingerprint)
-    bound = default_cache().derived.get(exact)
+    bound = LAUNCHES.get(exact)
     if bound is None or hooks_installed():
-        return _launch(x, w, bias, routing, mode, out, policy, exact)
+        return _launch(Operands.checked(x, w, bias, routing, mode, out), policy, exact)
     return bound(x, w, bias, routing, out)
 
 
-def _launch(
-    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None, policy: Policy,
-    exact: tuple[object, ...],
-) -> Tensor:
-    """Every call but a cached one: a JIT launch of the winner (bound for the next call with the same
-    operand key), or a resolution. Kept out of ``moe_matmul`` so that the cached path is a few lines:
-    between kernel launches the CPU's caches are cold, and every line that path runs costs a miss
-    (splitting it out cut a cached call by about 1.5 us with the caches flushed between calls)."""
-    cache = default_cache()
+_interpreting = threading.Lock()
+
+
+def _serialized_if_interpreted(launch: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """In the interpreter, one launch at a time: it keeps the running grid in module globals, and 8
+    threads launching at once failed 5 times in 8. Compiled kernels (a GPU's) are not wrapped: the
+    lock costs them nothing, not even a branch. Every interpreted call passes here, since the
+    interpreter binds no launch for the cached path."""
+    if not INTERPRETED:
+        return launch
+
+    @functools.wraps(launch)
+    def serialized(*args: object, **kwargs: object) -> Tensor:
+        with _interpreting:
+            return launch(*args, **kwargs)
+
+    return serialized
+
+
+@_serialized_if_interpreted
+def _launch(ops: Operands, policy: Policy, exact: tuple[object, ...]) -> Tensor:
+    """Every call but a bound one, through the dispatcher: a known winner (then bound for the next call
+    with the same operand key), or a climb. Kept out of ``moe_matmul`` so that the cached path is a
+    few lines: between kernel launches the CPU's caches are cold, and every line that path runs costs
+    a miss (splitting it out cut a cached call by about 1.5 us with the caches flushed between calls)."""
     where = placement()
-    key = cache_key(x, w, bias, routing, mode, where.arch, policy)
-    winner = cache.lookup(key)
-    if isinstance(winner, TileConfig):
-        launch = prepare(x, w, bias, routing, mode, winner, out)
-        cache.derive(exact, BoundLaunch.bind(launch, launch.launch()))
-        return launch.finish()
+    key = cache_key(ops, where.arch, policy)
 
-    def reference() -> Tensor:
-        result = moe_matmul_reference(x, w, routing, mode, bias)
-        return result if out is None else out.copy_(result)
-
-    if winner == REFERENCE:
-        return reference()
-
-    def attempt(config: TileConfig) -> Tensor:
-        launch = prepare(x, w, bias, routing, mode, config, out)
+    def attempt(config: TileConfig) -> tuple[Tensor, KernelLaunch, object]:
+        launch = build(ops, config)
         if where.virtual is not None:
             virtual.fits(launch.kernel, launch.args, launch.constexprs, where.virtual.name)
-        return launch.run()
+        compiled = launch.launch()
+        return launch.finish(), launch, compiled
 
-    call = plan(x, w, bias, routing, mode, where.arch, key, out, _timer(x, w, bias, routing, mode, where))
-    return resolve(call, attempt, policy, cache, reference)
+    def reference() -> tuple[Tensor, None, None]:
+        result = moe_matmul_reference(ops.x, ops.w, ops.routing, ops.mode, ops.bias)
+        return (result if ops.out is None else ops.out.copy_(result)), None, None
+
+    (result, launch, compiled), resolution = resolve(
+        key, attempt, lambda: plan(ops, where.arch, key, _timer(ops, where)), policy, settings.cache(), reference
+    )
+    if resolution.origin == "cache" and launch is not None:
+        LAUNCHES.put(exact, BoundLaunch.bind(launch, compiled))
+    return result
 
 
-def cache_key(
-    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, arch: str, policy: Policy
-) -> Key:
-    """The shape class a winner is shared by: everything that changes which tiles fit, or the default."""
-    return (
-        KERNEL, mode, arch, _TRITON, x.dtype, row_bucket(routing.n_rows), *w.shape, routing.top_k,
-        bias is not None, w.stride(2) == 1, policy.fingerprint,
-        *(f"{name}={value}" for name, value in compile_env() if arch.startswith("gfx")),
+class ShapeKey(NamedTuple):
+    """The shape class a winner is shared by: everything that changes which tiles fit, or the default.
+    A tuple, so its text form (``cache.key_text``) keys the file."""
+
+    kernel: str
+    mode: str
+    arch: str
+    triton: str
+    dtype: torch.dtype
+    rows: int  # the row count's power-of-two bucket
+    experts: int
+    k: int
+    n: int
+    top_k: int
+    bias: bool
+    w_n_contiguous: bool
+    policy: str
+    compile_env: str  # TRITON_HIP_USE_ASYNC_COPY on AMD chips: it changes the LDS a tile needs
+
+
+def cache_key(ops: Operands, arch: str, policy: Policy) -> ShapeKey:
+    env = ",".join(f"{name}={value}" for name, value in compile_env()) if arch.startswith("gfx") else ""
+    return ShapeKey(
+        KERNEL, ops.mode, arch, _TRITON, ops.x.dtype, row_bucket(ops.routing.n_rows), *ops.w.shape,
+        ops.routing.top_k, ops.bias is not None, ops.w.stride(2) == 1, policy.fingerprint, env,
     )
 
 
-def plan(
-    x: Tensor,
-    w: Tensor,
-    bias: Tensor | None,
-    routing: Routing,
-    mode: Mode,
-    arch: str,
-    key: Key,
-    out: Tensor | None = None,
-    timer: Callable[[TileConfig], float] | None = None,
-) -> Call:
-    """What the dispatcher needs for a miss: validated operands, the heuristic's default, event context,
-    and what lets it step over a tile certain not to fit without compiling it (the kernel's lower bound
-    of its shared memory, the chip's limit)."""
-    check_operands(x, w, bias, routing, mode, out)
-    n_experts, k, n = w.shape
+def resolution(
+    x: Tensor, w: Tensor, routing: Routing, mode: Mode = "gather", bias: Tensor | None = None, *,
+    out: Tensor | None = None, policy: Policy | None = None,
+) -> Resolution | None:
+    """How a ``moe_matmul`` call with these operands was resolved in this process (its winner, the
+    attempts and timings of its climb, where the winner came from); None before any such call."""
+    key = cache_key(Operands.checked(x, w, bias, routing, mode, out), placement().arch, active_policy(policy))
+    return settings.cache().resolutions.get(key)
+
+
+def plan(ops: Operands, arch: str, key: ShapeKey, timer: Callable[[TileConfig], float] | None = None) -> Call:
+    """What the dispatcher needs for a miss: the heuristic's default, event context, and what lets it
+    step over a tile certain not to fit without compiling it (the kernel's lower bound of its shared
+    memory, the chip's limit)."""
+    n_experts, k, n = ops.w.shape
     return Call(
-        kernel=f"{KERNEL}.{mode}",
+        kernel=f"{KERNEL}.{ops.mode}",
         key=key,
         arch=arch,
-        shape={"rows": routing.n_rows, "n": n, "k": k, "experts": n_experts, "top_k": routing.top_k},
-        default=default_config(routing.n_rows, n, k, n_experts, x.dtype, arch),
-        fields={"dtype": str(x.dtype).removeprefix("torch.")},
-        shared_lower_bound=smem.lower_bound(x, w, arch),
-        shared_limit=shared_limit(arch, x.device),
-        rows_per_expert=triton.cdiv(routing.n_rows, n_experts),
+        shape={"rows": ops.routing.n_rows, "n": n, "k": k, "experts": n_experts, "top_k": ops.routing.top_k},
+        default=default_config(ops.routing.n_rows, n, k, n_experts, ops.x.dtype, arch),
+        fields={"dtype": str(ops.x.dtype).removeprefix("torch.")},
+        shared_lower_bound=smem.lower_bound(ops.x, ops.w, arch),
+        shared_limit=shared_limit(arch, ops.x.device),
+        rows_per_expert=triton.cdiv(ops.routing.n_rows, n_experts),
         timer=timer,
         forms=_forms,
     )
@@ -149,20 +177,18 @@ def _forms(config: TileConfig) -> list[TileConfig]:
     return [config.replace(is_persistent=False)] if config.is_persistent else []
 
 
-def _timer(
-    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, where: Placement
-) -> Callable[[TileConfig], float] | None:
+def _timer(ops: Operands, where: Placement) -> Callable[[TileConfig], float] | None:
     """Milliseconds of a launch of a tile on these operands, for ``ladder.compare`` and ``compare_forms``; None
     where a timing means nothing or must not run: the interpreter, a virtual chip, operands off the GPU,
     or a CUDA graph being captured. CUDA events around plain calls: no cache-flush buffer to allocate
     (triton's do_bench takes 256 MB), so a server whose memory is spoken for can still recover."""
-    if where.interpreter or where.virtual is not None or x.device.type != "cuda":
+    if where.interpreter or where.virtual is not None or ops.x.device.type != "cuda":
         return None
     if torch.cuda.is_current_stream_capturing():
         return None
 
     def timer(config: TileConfig) -> float:
-        run = functools.partial(_launch_once, x, w, bias, routing, mode, config)
+        run = functools.partial(_launch_once, ops, config)
         run()  # compiles; its result is dropped
         estimate = _elapsed_ms(run, 1)
         return _elapsed_ms(run, max(3, min(100, int(TIMED_MS / max(estimate, 1e-3)))))
@@ -174,8 +200,8 @@ TIMED_MS = 10.0
 """About how long one timing round of a comparison runs a tile (at least 3 launches, at most 100)."""
 
 
-def _launch_once(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, config: TileConfig) -> None:
-    prepare(x, w, bias, routing, mode, config).run()
+def _launch_once(ops: Operands, config: TileConfig) -> None:
+    build(dataclasses.replace(ops, out=None), config).run()
 
 
 def _elapsed_ms(run: Callable[[], None], times: int) -> float:

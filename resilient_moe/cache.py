@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,6 @@ deeper is not ours, and Python's JSON writer, which recurses, might not write it
 STALE_TEMPORARY_S = 60.0
 """Age after which a temporary file next to the cache is a killed writer's leftover: a writer holds the
 lock while its temporary exists, and writes it within milliseconds."""
-
-MAX_DERIVED = 4096
-
 
 def default_dir() -> Path:
     """RESILIENT_MOE_CACHE_DIR, else $XDG_CACHE_HOME/resilient_moe, else ~/.cache/resilient_moe."""
@@ -82,7 +79,9 @@ class TilingCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.memory: dict[Key, Winner] = {}
-        self.derived: dict[Hashable, Any] = {}
+        self.resolutions: dict[Key, Any] = {}  # dispatch.Resolution per key: how this process settled it
+        self._listeners: list[Callable[[], None]] = []
+        self._forgotten: set[str] = set()  # key texts whose file entry is stale
         self._file: dict[str, dict[str, Any]] = {}
         self._file_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
@@ -92,9 +91,10 @@ class TilingCache:
         found = self.memory.get(key)
         if found is not None or self.path is None:
             return found
+        text = key_text(key)
         with self._lock:
             self._refresh()
-            entry = self._file.get(key_text(key))
+            entry = None if text in self._forgotten else self._file.get(text)
         if entry is None:
             return None
         try:
@@ -106,26 +106,36 @@ class TilingCache:
         events.cache_hit(key=key_text(key), config=_show(winner), source=str(self.path))
         return winner
 
-    def derive(self, key: Hashable, value: Any | None) -> None:
-        """Keep what a backend built from a winner (the builtin's bound launches, one per exact operand
-        layout), dropped whenever a winner changes; bounded, since decode batch sizes are many."""
-        if value is None:
-            return
-        if len(self.derived) >= MAX_DERIVED:
-            self.derived.clear()
-        self.derived[key] = value
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a winner changes or is forgotten: what a backend built from winners
+        (the builtin's bound launches) is dropped with them."""
+        self._listeners.append(listener)
 
-    def record(self, key: Key, winner: Winner, attempts: list[dict[str, Any]], source: str = "runtime") -> None:
-        """Remember a winner in memory and persist it (a failed write is an event, not an error)."""
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def record(self, key: Key, winner: Winner, attempts: list[dict[str, Any]], source: str = "runtime") -> str | None:
+        """Remember a winner in memory and persist it; a failed write is an event and the returned
+        error text, never an exception (the in-memory winner still serves)."""
         self.memory[key] = winner
-        self.derived.clear()
+        self._changed()
         if self.path is None:
-            return
+            return None
         entry = {"config": _show(winner), "attempts": attempts, "source": source, "recorded": time.time()}
         try:
             self.update({key_text(key): entry})
         except OSError as err:
             events.cache_write_failed(path=str(self.path), key=key_text(key), error=str(err))
+            return str(err)
+        return None
+
+    def forget(self, key: Key) -> None:
+        """Drop one winner from memory (a stale one: it no longer fits); the file's entry is replaced
+        when the new winner is recorded, and ignored until then."""
+        self.memory.pop(key, None)
+        self._forgotten.add(key_text(key))
+        self._changed()
 
     def update(self, entries: dict[str, dict[str, Any]]) -> None:
         """Merge entries into the file under an exclusive lock, then replace it atomically."""
@@ -146,6 +156,7 @@ class TilingCache:
                     os.unlink(tmp)
                 raise
             self._file, self._file_stamp = merged, _stamp(self.path)
+            self._forgotten.difference_update(entries)
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """The persisted entries, by key text (for ``resilient-moe cache show``)."""
@@ -157,7 +168,9 @@ class TilingCache:
         """Forget every winner, in memory and on disk; True if a file was removed."""
         with self._lock:
             self.memory.clear()
-            self.derived.clear()
+            self.resolutions.clear()
+            self._forgotten.clear()
+            self._changed()
             self._file, self._file_stamp = {}, None
             if self.path is None or not self.path.exists():
                 return False
@@ -241,12 +254,8 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-_default: TilingCache | None = None
-
-
 def default_cache() -> TilingCache:
-    """The process's cache, in ``default_dir()`` (read once)."""
-    global _default
-    if _default is None:
-        _default = TilingCache(default_dir() / FILE_NAME)
-    return _default
+    """The process's cache, in ``default_dir()`` (read once; ``settings.reset()`` forgets it)."""
+    from . import settings
+
+    return settings.cache()

@@ -1,9 +1,11 @@
-"""How a call finds a tile that fits: try the default, catch OutOfResources, step down, record.
+"""How a call finds a tile that fits: the cached winner, else try the default, catch OutOfResources,
+step down, record; one protocol for every backend (``resolve``), returning a ``Resolution``.
 
-The dispatcher knows nothing about any kernel: a backend hands it a key, its own default tile and an
-``attempt(config)`` that compiles and launches, and may hand it a lower bound of a tile's shared
-memory with the chip's limit, so that a rung certain not to fit is stepped over without a compile.
-Only ``triton.runtime.errors.OutOfResources`` is caught; every other error reaches the caller unchanged.
+The dispatcher knows nothing about any kernel: a backend hands it a key, an ``attempt(config)`` that
+compiles and launches, and on a miss a ``Call``: its own default tile, and optionally a lower bound of
+a tile's shared memory with the chip's limit (a rung certain not to fit is stepped over without a
+compile) and a timer. Only ``triton.runtime.errors.OutOfResources`` is caught; every other error
+reaches the caller unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from triton.runtime.errors import OutOfResources
 
@@ -63,7 +65,7 @@ class LadderExhaustedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Call:
-    """What the dispatcher needs to know about one kernel call."""
+    """What the dispatcher needs to know about one kernel call on a miss (built only then)."""
 
     kernel: str
     key: Key
@@ -79,6 +81,24 @@ class Call:
     forms: Callable[[TileConfig], list[TileConfig]] | None = None  # the same tile run by another kernel form
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """How the dispatcher settled one call's key: the record backends, preflight and benchmarks read.
+
+    ``origin`` is ``"cache"`` when the winner was known (in memory or in the file) and ran, ``"ladder"``
+    when this call climbed. ``attempts`` are the configs tried on the way (none on a hit), ``compared``
+    the tiles timed against each other, ``stale`` the cached winner that no longer fitted (it was
+    dropped and the ladder climbed from the default), ``write_error`` why the winner was not persisted."""
+
+    key: str
+    winner: TileConfig | str
+    origin: Literal["cache", "ladder"]
+    attempts: tuple[Attempt, ...] = ()
+    compared: tuple[dict[str, Any], ...] = ()
+    stale: Attempt | None = None
+    write_error: str | None = None
+
+
 def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[TileConfig, frozenset[str]]:
     """The first config tried on ``arch`` and the fields the ladder may not move there."""
     section = policy.for_arch(arch)
@@ -86,39 +106,97 @@ def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[Til
     return default.replace(**{**section.default.values(), **pinned}), frozenset(pinned)
 
 
-_resolving = threading.Lock()
+def candidates(call: Call, policy: Policy) -> list[TileConfig]:
+    """The start and the shared-memory ladder below it, in the order a climb tries them (preflight
+    compiles them ahead, in parallel)."""
+    start, pinned = starting_config(call.default, policy, call.arch)
+    moves = policy.moves_for("shared memory")
+    return [start, *rungs(start, policy.ladder, moves, pinned, call.rows_per_expert)]
+
+
+_locks: dict[Key, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def forget_locks() -> None:
+    """For ``settings.reset()``: drop the per-key locks (none may be held)."""
+    with _locks_guard:
+        _locks.clear()
+
+
+def _lock_for(key: Key) -> threading.Lock:
+    """One lock per key: threads that miss on the same key do not compile the same failing rungs twice
+    (the second finds the winner), and a slow compile for one shape blocks no other shape."""
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
 
 
 def resolve(
+    key: Key,
+    attempt: Callable[[TileConfig], T],
+    describe: Callable[[], Call],
+    policy: Policy,
+    cache: TilingCache,
+    reference: Callable[[], T] | None = None,
+) -> tuple[T, Resolution]:
+    """The whole protocol for one call: the cached winner runs; a miss, or a winner that no longer fits
+    (``cache.stale``: a file from another policy, machine or Triton), climbs from the default, records
+    the winner and returns how. ``describe`` builds the call's ``Call``, on a miss only (it may cost:
+    the triton_kernels adapter learns upstream's default by running its host code)."""
+    stale = None
+    winner = cache.lookup(key)
+    if winner is not None:
+        ran = _run_cached(key, winner, attempt, reference, cache)
+        if isinstance(ran, tuple):
+            return ran
+        stale = ran
+    with _lock_for(key):
+        winner = cache.lookup(key)
+        if winner is not None and (stale is None or winner != stale.config):  # another thread climbed meanwhile
+            ran = _run_cached(key, winner, attempt, reference, cache)
+            if isinstance(ran, tuple):
+                return ran
+            stale = ran
+        return _climb(describe(), attempt, policy, cache, reference, stale)
+
+
+def _run_cached(
+    key: Key, winner: TileConfig | str, attempt: Callable[[TileConfig], T], reference: Callable[[], T] | None,
+    cache: TilingCache,
+) -> tuple[T, Resolution] | Attempt | None:
+    """Run a known winner; a winner that no longer fits is forgotten and returned as the failed attempt
+    it was (None: nothing runnable, e.g. a reference fallback the backend cannot run)."""
+    hit = Resolution(key_text(key), winner, "cache")
+    if isinstance(winner, str):
+        return None if reference is None else (reference(), hit)
+    try:
+        result = attempt(winner)
+    except OutOfResources as err:
+        failed = Attempt(winner, err.name, err.required, err.limit)
+    else:
+        cache.resolutions.setdefault(key, hit)  # a climb's record, where this process climbed, stays
+        return result, hit
+    cache.forget(key)
+    events.cache_stale(key=key_text(key), config=winner.as_dict(), resource=failed.resource,
+                       required=failed.required, limit=failed.limit)
+    return failed
+
+
+def _climb(
     call: Call,
     attempt: Callable[[TileConfig], T],
     policy: Policy,
     cache: TilingCache,
-    reference: Callable[[], T] | None = None,
-) -> T:
-    """Run ``attempt`` on the starting config, then on each rung until one fits; record the winner.
-
-    One resolution at a time per process, so threads that miss on the same key do not compile the
-    same failing rungs twice (the second one finds the winner in the cache)."""
-    with _resolving:
-        winner = cache.lookup(call.key)
-        if winner == REFERENCE and reference is not None:
-            return reference()
-        if isinstance(winner, TileConfig):
-            return attempt(winner)
-        return _climb(call, attempt, policy, cache, reference)
-
-
-def _climb(
-    call: Call, attempt: Callable[[TileConfig], T], policy: Policy, cache: TilingCache, reference: Callable[[], T] | None
-) -> T:
+    reference: Callable[[], T] | None,
+    stale: Attempt | None = None,
+) -> tuple[T, Resolution]:
     config, pinned = starting_config(call.default, policy, call.arch)
     tried: list[Attempt] = []
     pending: list[TileConfig] = []
     resource = None
     context = {"arch": call.arch, "kernel": call.kernel, "shape": call.shape, **call.fields}
     while True:
-        failed = predicted_shortage(call, config, policy)
+        failed = stale if stale is not None and config == stale.config else predicted_shortage(call, config, policy)
         if failed is None:
             try:
                 result = attempt(config)
@@ -127,18 +205,20 @@ def _climb(
             else:
                 tried.append(Attempt(config))
                 config, compared = _fastest(call, config, pending, policy, pinned, recovered=len(tried) > 1)
-                cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
+                written = cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
                 timings = {"compared": compared} if compared else {}
                 events.selected(
                     config=config.as_dict(), attempts=len(tried), key=key_text(call.key), **timings, **context
                 )
-                return result
+                resolution = Resolution(key_text(call.key), config, "ladder", tuple(tried), tuple(compared), stale, written)
+                cache.resolutions[call.key] = resolution
+                return result, resolution
         tried.append(failed)
         if failed.resource != resource:  # a new kind of shortage: its own moves, from where we are
             resource = failed.resource
             pending = rungs(config, policy.ladder, policy.moves_for(failed.resource), pinned, call.rows_per_expert)
         if not pending or len(tried) >= policy.ladder.max_attempts:
-            return _exhausted(call, tuple(tried), policy, cache, reference, context)
+            return _exhausted(call, tuple(tried), policy, cache, reference, context, stale)
         following = pending.pop(0)
         events.downgrade(
             **{"from": config.as_dict(), "to": following.as_dict()},
@@ -206,10 +286,12 @@ def _exhausted(
     cache: TilingCache,
     reference: Callable[[], T] | None,
     context: dict[str, Any],
-) -> T:
+    stale: Attempt | None,
+) -> tuple[T, Resolution]:
     fallback = policy.on_exhausted == "reference" and reference is not None
     events.exhausted(attempts=[a.as_dict() for a in tried], action="reference" if fallback else "raise", **context)
     if not fallback:
         raise LadderExhaustedError(call.kernel, call.arch, call.shape, tried)
-    cache.record(call.key, REFERENCE, [a.as_dict() for a in tried], call.source)
-    return reference()  # type: ignore[misc]
+    written = cache.record(call.key, REFERENCE, [a.as_dict() for a in tried], call.source)
+    cache.resolutions[call.key] = resolution = Resolution(key_text(call.key), REFERENCE, "ladder", tried, (), stale, written)
+    return reference(), resolution  # type: ignore[misc]

@@ -116,6 +116,12 @@ def cache_corrupt(**fields: Any) -> None:
     _log.warning("cache.corrupt", **fields)
 
 
+def cache_stale(**fields: Any) -> None:
+    """A cached winner no longer fits (a file from another policy, machine or Triton): it is dropped and
+    the ladder climbs from the default. Fields: key, config, resource, required, limit."""
+    _log.warning("cache.stale", **fields)
+
+
 def cache_write_failed(**fields: Any) -> None:
     """The winner could not be persisted (read-only or full disk); the in-process cache still holds it."""
     _log.warning("cache.write_failed", **fields)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -27,9 +28,8 @@ from typing import TYPE_CHECKING, Any, TextIO, get_args
 
 from pydantic import ValidationError
 
-from .cache import CACHE_DIR_ENV, FILE_NAME, Key, TilingCache, key_text
+from .cache import CACHE_DIR_ENV, FILE_NAME, TilingCache, key_text
 from .config import TileConfig
-from .ladder import rungs
 from .models import PRESETS, Gemm, ShapesError, load_shapes
 from .policy import Policy, PolicyError, active_policy, load_policy
 from .preflight_diff import REPORT_FORMAT, ReportError, compare, load_report, render
@@ -38,9 +38,8 @@ from .targets import Chip, chip, describe_compiler
 if TYPE_CHECKING:
     import torch
 
-    from ._moe_details.launch import KernelLaunch
+    from ._moe_details.launch import KernelLaunch, Operands
     from .dispatch import Call
-    from .routing import Routing
     from .virtual import Compiled, CompileJob
 
 DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -54,19 +53,25 @@ class Case:
     gemm: Gemm
     tokens: int
     chip: Chip
-    x: torch.Tensor
-    w: torch.Tensor
-    bias: torch.Tensor | None
-    routing: Routing
-    key: Key
+    ops: Operands
     call: Call
-    start: TileConfig
-    pinned: frozenset[str]
+    policy: Policy
+
+    @property
+    def start(self) -> TileConfig:
+        return self.candidates[0]
+
+    @functools.cached_property
+    def candidates(self) -> list[TileConfig]:
+        """The start and the shared-memory ladder below it, in the order the dispatcher tries them."""
+        from .dispatch import candidates
+
+        return candidates(self.call, self.policy)
 
     def launch(self, config: TileConfig) -> KernelLaunch:
-        from ._moe_details.launch import prepare
+        from ._moe_details.launch import build
 
-        return prepare(self.x, self.w, self.bias, self.routing, self.gemm.mode, config)
+        return build(self.ops, config)
 
     def job(self, config: TileConfig) -> CompileJob:
         from . import virtual
@@ -74,25 +79,19 @@ class Case:
         launch = self.launch(config)
         return virtual.job_for(launch.kernel, launch.args, launch.constexprs, self.chip.name)
 
-    def candidates(self, policy: Policy) -> list[TileConfig]:
-        """The start and the shared-memory ladder below it, in the order the dispatcher tries them."""
-        return [self.start, *rungs(
-            self.start, policy.ladder, policy.moves_for("shared memory"), self.pinned, self.call.rows_per_expert
-        )]
-
-    def predicted(self, config: TileConfig, policy: Policy) -> bool:
+    def predicted(self, config: TileConfig) -> bool:
         """Whether the dispatcher steps over this tile without compiling it (its lower bound is over the limit)."""
         from .dispatch import predicted_shortage
 
-        return predicted_shortage(self.call, config, policy) is not None
+        return predicted_shortage(self.call, config, self.policy) is not None
 
 
 def make_case(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy: Policy) -> Case:
     """Meta operands for ``tokens`` tokens, routed to every expert (no expert parallelism)."""
     import torch
 
+    from ._moe_details.launch import Operands
     from .builtin import cache_key, plan
-    from .dispatch import starting_config
     from .routing import route
 
     rows = tokens if gemm.mode == "gather" else tokens * gemm.top_k
@@ -100,10 +99,9 @@ def make_case(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy:
     w = torch.empty(gemm.experts, gemm.k, gemm.n, dtype=dtype, device="meta")
     bias = torch.empty(gemm.experts, gemm.n, dtype=dtype, device="meta") if gemm.bias else None
     routing = route(torch.empty(tokens, gemm.experts, device="meta"), gemm.top_k)
-    key = cache_key(x, w, bias, routing, gemm.mode, target.name, policy)
-    call = dataclasses.replace(plan(x, w, bias, routing, gemm.mode, target.name, key), source="preflight")
-    start, pinned = starting_config(call.default, policy, target.name)
-    return Case(gemm, tokens, target, x, w, bias, routing, key, call, start, pinned)
+    ops = Operands.checked(x, w, bias, routing, gemm.mode)
+    call = dataclasses.replace(plan(ops, target.name, cache_key(ops, target.name, policy)), source="preflight")
+    return Case(gemm, tokens, target, ops, call, policy)
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ class Row:
         return dataclasses.asdict(self)
 
 
-def settle(case: Case, policy: Policy, cache: TilingCache) -> Row:
+def settle(case: Case, cache: TilingCache) -> Row:
     """Resolve like a server's first call, with an attempt that compiles for the chip and never runs.
 
     The events of this resolve are simulations, so they are captured: logs keep counting only real
@@ -137,28 +135,25 @@ def settle(case: Case, policy: Policy, cache: TilingCache) -> Row:
     from . import events, virtual
     from .dispatch import LadderExhaustedError, resolve
 
-    tried: list[TileConfig] = []
+    compiled: list[TileConfig] = []
 
     def attempt(config: TileConfig) -> TileConfig:
-        tried.append(config)
+        compiled.append(config)
         launch = case.launch(config)
         virtual.fits(launch.kernel, launch.args, launch.constexprs, case.chip.name)
         return config
 
-    with events.capture() as logs:
-        cached = cache.lookup(case.key) is not None
+    key = case.call.key
+    with events.capture():
+        cached = cache.lookup(key) is not None
         try:
-            chosen: TileConfig | None = resolve(case.call, attempt, policy, cache, reference=lambda: None)
-        except LadderExhaustedError:
-            chosen = None
-    attempts = len(tried)
-    for event in logs:
-        if event["event"] == "cache.write_failed":
-            raise OSError(f"cannot write {event['path']}: {event['error']}")
-        if event["event"] == "tiling.selected":
-            attempts = event["attempts"]
-        elif event["event"] == "tiling.exhausted":
-            attempts = len(event["attempts"])
+            chosen, resolution = resolve(key, attempt, lambda: case.call, case.policy, cache, reference=lambda: None)
+        except LadderExhaustedError as err:
+            chosen, attempts = None, len(err.attempts)
+        else:
+            attempts = len(resolution.attempts)
+            if resolution.write_error is not None:
+                raise OSError(f"cannot write {cache.path}: {resolution.write_error}")
     default = virtual.measure(case.job(case.start))
     return Row(
         gemm=case.gemm.name,
@@ -170,9 +165,9 @@ def settle(case: Case, policy: Policy, cache: TilingCache) -> Row:
         chosen=chosen,
         chosen_bytes=None if chosen is None else virtual.measure(case.job(chosen)).shared,
         attempts=attempts,
-        compiled=len(tried),
+        compiled=len(compiled),
         cached=cached,
-        key=key_text(case.key),
+        key=key_text(key),
     )
 
 
@@ -213,7 +208,7 @@ def warm(cases: Sequence[Case], policy: Policy, compiler: Compiler) -> None:
     Each round gives every case still without a fitting tile its next ceil(processes / cases)
     candidates: the workers stay busy and little is compiled past the first fit. Only a warm-up:
     ``settle`` decides, and compiles anything this did not foresee (another resource's ladder)."""
-    left = {i: [t for t in c.candidates(policy) if not c.predicted(t, policy)] for i, c in enumerate(cases)}
+    left = {i: [t for t in c.candidates if not c.predicted(t)] for i, c in enumerate(cases)}
     while left:
         width = -(-compiler.processes // len(left))
         batch = {i: [cases[i].job(config) for config in ladder[:width]] for i, ladder in left.items()}
@@ -243,7 +238,7 @@ def run(
     cases = [make_case(g, t, target, dtype, policy) for g in gemms for t in tokens]
     warm(cases, policy, compiler)
     compiler.close()
-    return [settle(c, policy, cache) for c in cases]
+    return [settle(c, cache) for c in cases]
 
 
 @dataclass(frozen=True)
@@ -263,14 +258,12 @@ def explain(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy: P
     from . import virtual
 
     case = make_case(gemm, tokens, target, dtype, policy)
-    ladder = case.candidates(policy)
+    ladder = case.candidates
     compiler.compile(case.job(config) for config in ladder)
     compiler.close()
-    picked = settle(case, policy, TilingCache(None)).chosen
+    picked = settle(case, TilingCache(None)).chosen
     measured = [virtual.measure(case.job(config)) for config in ladder]
-    return [
-        Step(c, m.shared, m.error is None, c == picked, case.predicted(c, policy)) for c, m in zip(ladder, measured)
-    ]
+    return [Step(c, m.shared, m.error is None, c == picked, case.predicted(c)) for c, m in zip(ladder, measured)]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Iterable[int] = ()) -> str:

@@ -27,16 +27,17 @@ from resilient_moe import (
     virtual,  # noqa: E402
 )
 from resilient_moe.policy import parse_policy  # noqa: E402
-from resilient_moe.targets import ASYNC_COPY_ENV, TARGET_ENV, placement  # noqa: E402
+from resilient_moe.targets import ASYNC_COPY_ENV, TARGET_ENV  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch) -> Iterator[os.PathLike[str]]:
-    """A fresh persistent cache directory, and a fresh process cache, for every test."""
+    """A fresh persistent cache directory, and fresh process state (``rm.reset()``), for every test."""
     path = tmp_path / "cache"
     monkeypatch.setenv(cache.CACHE_DIR_ENV, str(path))
-    monkeypatch.setattr(cache, "_default", None)
+    rm.reset()
     yield path
+    rm.reset()
 
 
 @pytest.fixture
@@ -53,10 +54,9 @@ def target(monkeypatch, async_copy_off) -> Iterator[Callable[[str], None]]:
 
     def use(name: str) -> None:
         monkeypatch.setenv(TARGET_ENV, name)
-        placement.cache_clear()
+        rm.reset()
 
     yield use
-    placement.cache_clear()
 
 
 # Shared by the tests that run the dispatcher on a small problem.

@@ -96,11 +96,11 @@ def test_second_identical_call_hits_the_cache_and_compiles_nothing(target, fits_
     x, w, routing = problem()
     policy = policy_with("gfx950", OVER_GFX950)
     first = moe_matmul(x, w, routing, "gather", policy=policy)
-    compiled = len(fits_calls)
-    assert compiled >= 1
+    compiled = len(virtual._measured)
+    assert fits_calls and compiled >= 1
     with events.capture() as logs:
         second = moe_matmul(x, w, routing, "gather", policy=policy)
-    assert len(fits_calls) == compiled and logs == []
+    assert len(virtual._measured) == compiled and logs == []  # the winner's fit check is memoized
     torch.testing.assert_close(first, second)
 
 
@@ -129,7 +129,8 @@ def test_fresh_process_reads_the_persisted_winner(target, cache_dir) -> None:
     env = {**os.environ, "RESILIENT_MOE_TARGET": "gfx950", "RESILIENT_MOE_CACHE_DIR": str(cache_dir)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "['tiling.cache_hit'] 0"
+    # One fit check, of the winner alone (a real chip compiles it at its first launch too): no failing tile.
+    assert done.stdout.strip().splitlines()[-1] == "['tiling.cache_hit'] 1"
 
 
 # Defaults whose first rungs the kernel's lower bound already puts over the chip's limit.
@@ -204,7 +205,7 @@ STAGE_MS = {3: 2.0, 2: 1.0, 1: 3.0}
 def gpu_timer_double(calls: list[rm.TileConfig], ms_of=lambda config: STAGE_MS[config.num_stages]):
     """Stands in for ``builtin._timer``: timing a launch needs a GPU, which this machine has not."""
 
-    def make(x, w, bias, routing, mode, where):
+    def make(ops, where):
         def timer(config: rm.TileConfig) -> float:
             calls.append(config)
             return ms_of(config)

@@ -13,9 +13,11 @@ import torch
 
 import resilient_moe as rm
 from resilient_moe._moe_details._kernel import _moe_matmul_kernel
-from resilient_moe._moe_details.launch import _TENSOR_PARAMS, BoundLaunch, hooks_installed, operand_key, prepare
-from resilient_moe.cache import MAX_DERIVED, TilingCache, default_cache
+from resilient_moe import settings
+from resilient_moe._moe_details.bound import BoundLaunch, hooks_installed, operand_key
+from resilient_moe._moe_details.launch import TENSOR_PARAMS, prepare
 from resilient_moe.config import TileConfig
+from resilient_moe.settings import LAUNCHES
 
 GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = "cuda" if GPU else "cpu"
@@ -53,8 +55,8 @@ def test_a_bound_launch_keeps_the_sizes_after_the_tensor_parameters() -> None:
     x, w, routing = operands()
     launch = prepare(x, w, None, routing, "gather", TileConfig(16, 32, 32, group_m=4, num_warps=4, num_stages=2))
     names = _moe_matmul_kernel.arg_names
-    assert tuple(names[: len(_TENSOR_PARAMS)]) == _TENSOR_PARAMS
-    assert all(isinstance(a, int) for a in launch.args[len(_TENSOR_PARAMS):])
+    assert tuple(names[: len(TENSOR_PARAMS)]) == TENSOR_PARAMS
+    assert all(isinstance(a, int) for a in launch.args[len(TENSOR_PARAMS):])
     assert len(launch.args) + len(launch.constexprs) - 2 == len(names)  # num_warps, num_stages are options
 
 
@@ -92,18 +94,21 @@ def test_fp32_keys_follow_the_matmul_precision() -> None:
         torch.set_float32_matmul_precision(previous)
 
 
-def test_derived_launches_are_dropped_when_a_winner_changes_and_stay_bounded() -> None:
-    cache = TilingCache(None)
-    cache.derive("a", "bound")
-    cache.derive("b", None)
-    assert cache.derived == {"a": "bound"}
+def test_bound_launches_are_dropped_when_a_winner_changes_and_stay_bounded() -> None:
+    cache = settings.cache()
+    LAUNCHES.put("a", "bound")
+    LAUNCHES.put("b", None)
+    assert LAUNCHES == {"a": "bound"}
     cache.record(("k",), TileConfig(16, 32, 32, group_m=4, num_warps=4, num_stages=2), [])
-    assert cache.derived == {}
-    for i in range(MAX_DERIVED + 1):
-        cache.derive(i, "bound")
-    assert len(cache.derived) == 1
+    assert LAUNCHES == {}
+    LAUNCHES.put("a", "bound")
+    cache.forget(("k",))
+    assert LAUNCHES == {}
+    for i in range(LAUNCHES.capacity + 1):
+        LAUNCHES.put(i, "bound")
+    assert len(LAUNCHES) == 1
     cache.clear()
-    assert cache.derived == {}
+    assert LAUNCHES == {}
 
 
 @pytest.mark.skipif(GPU, reason="checks the interpreter, where there is no compiled kernel to bind")
@@ -111,7 +116,7 @@ def test_the_interpreter_binds_nothing() -> None:
     x, w, routing = operands()
     for _ in range(3):
         rm.moe_matmul(x, w, routing)
-    assert default_cache().derived == {}
+    assert LAUNCHES == {}
 
 
 @needs_gpu
@@ -124,7 +129,7 @@ def test_a_bound_launch_gives_the_jit_launch_result_bit_for_bit(mode: str, with_
     bias = torch.randn(4, 128, device=DEVICE, dtype=torch.bfloat16) if with_bias else None
     first = rm.moe_matmul(x, w, routing, mode, bias)  # resolves
     second = rm.moe_matmul(x, w, routing, mode, bias)  # JIT launch of the winner, then binds
-    (bound,) = default_cache().derived.values()
+    (bound,) = LAUNCHES.values()
     assert isinstance(bound, BoundLaunch)
     third = rm.moe_matmul(x, w, routing, mode, bias)  # bound
     assert torch.equal(first, second) and torch.equal(second, third)
@@ -139,7 +144,7 @@ def test_a_bound_launch_writes_into_out(mode: str) -> None:
     fresh = [rm.moe_matmul(x, w, routing, mode) for _ in range(2)][-1]  # resolve, bind
     outs = [torch.full_like(fresh, float("nan")) for _ in range(3)]
     assert all(rm.moe_matmul(x, w, routing, mode, out=out) is out for out in outs)  # bind, bound, bound
-    assert sum(isinstance(b, BoundLaunch) for b in default_cache().derived.values()) == 2  # with and without out
+    assert sum(isinstance(b, BoundLaunch) for b in LAUNCHES.values()) == 2  # with and without out
     assert all(torch.equal(out, fresh) for out in outs)
 
 
@@ -153,7 +158,7 @@ def test_a_misaligned_view_gets_its_own_bound_launch() -> None:
     for _ in range(3):
         shifted = rm.moe_matmul(padded[:, 1:65], w, routing)
     assert torch.equal(aligned, shifted)
-    assert len(default_cache().derived) == 2
+    assert len(LAUNCHES) == 2
 
 
 @needs_gpu

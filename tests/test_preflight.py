@@ -71,7 +71,9 @@ def test_cache_written_by_preflight_spares_the_server_every_failing_compile(targ
     with events.capture() as logs:
         moe_matmul(x, w_up, routing, "gather", policy=policy)
         moe_matmul(h, w_down, routing, "scatter", policy=policy)
-    assert fits_calls == []
+    # Only each shipped winner's own fit check (a real chip compiles it at its first launch too): no
+    # failing tile is compiled, no rung tried.
+    assert fits_calls == ["gfx950", "gfx950"]
     assert [e["event"] for e in logs] == ["tiling.cache_hit", "tiling.cache_hit"]
 
 

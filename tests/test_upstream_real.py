@@ -72,8 +72,28 @@ finish(close=torch.allclose(out.float(), reference.float(), atol=2e-2, rtol=2e-2
        equal=torch.equal(out, reference), events=summary(logs))
 """
 
+_STALE = """
+from pathlib import Path
+T, E, K, N, TOP_K = 2048, 8, 2048, 4096, 2
+x = torch.randn(T, K, device="cuda", dtype=torch.bfloat16)
+w = (torch.randn(E, K, N, device="cuda") / K**0.5).to(torch.bfloat16)
+rdata, gather, _ = routing(torch.randn(T, E, device="cuda"), TOP_K)
+reference = upstream_matmul_ogs(x, w, None, rdata, gather_indx=gather)
+rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)  # upstream's default wins and is written
+path = Path(os.environ["RESILIENT_MOE_CACHE_DIR"]) / "tiling-v1.json"
+data = json.loads(path.read_text())
+(entry,) = data["entries"].values()
+entry["config"] = {**entry["config"], "num_stages": 6}  # over the limit: a file written elsewhere
+path.write_text(json.dumps(data))
+rm.reset()  # as a new process: the file is all it knows
+with events.capture() as logs:
+    out = rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)
+(written,) = json.loads(path.read_text())["entries"].values()
+finish(equal=torch.equal(out, reference), events=summary(logs), written=written["config"])
+"""
+
 _PREFLIGHT = """
-E, M, K, N = 8, 2048, 1024, 4096  # 256 rows per expert: the CDNA4 default 128x512x64 (FACTS.md)
+E, M, K, N = 8, 2048, 1024, 4096  # 256 rows per expert: the CDNA4 default 128x512x64
 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
 w = torch.randn(E, K, N, device="cuda", dtype=torch.bfloat16)
 with events.capture() as logs:
@@ -123,6 +143,19 @@ def test_forced_num_stages_6_runs_out_of_shared_memory_and_recovers(tmp_path) ->
     assert downgrades and downgrades[0]["from"]["num_stages"] == 6, events
     assert all(d["resource"] == "shared memory" and d["required"] > d["limit"] == 232448 for d in downgrades)
     assert events[-1]["event"] == "tiling.selected" and result["close"], result
+
+
+def test_a_stale_winner_is_dropped_and_the_ladder_climbs_again(tmp_path) -> None:
+    """A cached winner at 6 stages (360496 B > 232448 on sm_90) raises at its launch: dropped, the
+    ladder climbs from upstream's default, which fits, and the file holds it again."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("written for sm_90 (H100, H200): 6 stages of upstream's prefill tile exceed its 232448 bytes")
+    result = _run(_STALE, tmp_path, RESILIENT_MOE_CACHE_DIR=str(tmp_path / "cache"))
+    events = result["events"]
+    (stale,) = [e for e in events if e["event"] == "cache.stale"]
+    assert stale["config"]["num_stages"] == 6 and stale["required"] > stale["limit"] == 232448, events
+    assert events[-1]["event"] == "tiling.selected" and result["equal"], result
+    assert result["written"]["num_stages"] < 6 and result["written"] == events[-1]["config"]
 
 
 def test_preflight_for_gfx950_on_this_gpu(tmp_path) -> None:

@@ -6,17 +6,14 @@ launch can be prepared from meta tensors to compile for a chip that is not prese
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import triton
 from torch import Tensor
-from triton import knobs
-from triton.compiler.compiler import CompiledKernel
-from triton.knobs import HookChain
-from triton.runtime.driver import driver
+from triton.runtime.interpreter import InterpretedFunction
 from triton.tools.ragged_tma import create_ragged_descriptor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -27,10 +24,8 @@ from ._kernel import _moe_matmul_kernel, _moe_matmul_persistent_kernel, _slot_su
 Mode = Literal["gather", "scatter"]
 MODES: tuple[Mode, ...] = ("gather", "scatter")
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-_LARGE_SMEM_NVIDIA: frozenset[str] = frozenset({"sm_90", "sm_90a", "sm_100", "sm_100a"})
-"""NVIDIA archs with about 228 KiB of shared memory per block; others get smaller first guesses."""
-_PERSISTENT_FIRST: frozenset[str] = frozenset({"sm_90", "sm_90a"})
-"""Where prefill tiles start persistent: it beat the one-tile kernel there (docs/design.md, "Persistent kernel")."""
+INTERPRETED = isinstance(_moe_matmul_kernel, InterpretedFunction)
+"""Whether the kernels run in Triton's interpreter: fixed when they were defined, by TRITON_INTERPRET then."""
 
 
 @dataclass(frozen=True)
@@ -67,128 +62,6 @@ class KernelLaunch:
     def run(self) -> Tensor:
         self.launch()
         return self.finish()
-
-
-@dataclass(frozen=True)
-class BoundLaunch:
-    """A launch with Triton's JIT front end done once: argument binding, specialization and the
-    compiled-kernel lookup cost more host time than the launch itself at decode sizes.
-
-    Valid only for operands whose ``operand_key`` equals the key it was bound under: that key holds
-    every value that decides validation, output shape, grid and Triton's specialization. A call
-    allocates the output (unless given ``out``) and hands the arguments to the compiled kernel's own
-    launcher; in scatter mode the slot sum follows, bound the same way.
-    """
-
-    launcher: Any
-    function: Any
-    metadata: Any
-    stream_of: Callable[[int], int]
-    device: int  # x's device index, part of the operand key: the stream is looked up without asking x
-    grid: int
-    n: int
-    scatter: bool
-    tail: tuple[Any, ...]  # sizes and strides (fixed by the operand key), then the constexpr values
-    slot_sum: BoundSum | None  # scatter mode's second kernel
-
-    @classmethod
-    def bind(cls, launch: KernelLaunch, compiled: Any) -> BoundLaunch | None:
-        """The bound form of a launch the JIT just ran; None where there is nothing to bind: the
-        interpreter, or the persistent kernel, whose TMA descriptors hold this call's pointers (a
-        prefill launch, where the JIT's host time hides behind milliseconds of GPU work)."""
-        if not isinstance(compiled, CompiledKernel) or launch.before is not None:
-            return None
-        return cls(
-            launcher=compiled.run,
-            function=compiled.function,
-            metadata=compiled.packed_metadata,
-            stream_of=driver.active.get_current_stream,
-            device=launch.args[0].get_device(),
-            grid=launch.grid[0],
-            n=launch.y.shape[1],
-            scatter=bool(launch.constexprs["SCATTER"]),
-            tail=_tail(launch, len(_TENSOR_PARAMS)),
-            slot_sum=None if launch.then is None else BoundSum.bind(launch.then),
-        )
-
-    def __call__(self, x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, out: Tensor | None) -> Tensor:
-        if self.scatter:
-            stream = self.stream_of(self.device)
-            y = _output(x, self.n, routing, True, None)
-            self.launcher(
-                self.grid, 1, 1, stream, self.function, self.metadata, None, None, None,
-                *_tensors(x, w, bias, y, routing, True), *self.tail,
-            )
-            result = x.new_empty(routing.n_tokens, self.n) if out is None else out
-            self.slot_sum(stream, y, routing.slot_to_row, result)
-            return result
-        # gather, the decode path: written out, since each helper call is a measurable share of the launch
-        y = x.new_empty(routing.n_rows, self.n) if out is None else out
-        self.launcher(
-            self.grid, 1, 1, self.stream_of(self.device), self.function, self.metadata, None, None, None,
-            x, w, bias, y, routing.expert_offsets, routing.gather_idx, None, None, *self.tail,
-        )
-        return y
-
-
-@dataclass(frozen=True)
-class BoundSum:
-    """Scatter mode's slot sum bound like the GEMM before it: its grid, sizes and constexprs are fixed
-    by the same operand key (token count, top_k, N, the output's strides)."""
-
-    launcher: Any
-    function: Any
-    metadata: Any
-    grid: tuple[int, int]
-    tail: tuple[Any, ...]
-
-    @classmethod
-    def bind(cls, launch: KernelLaunch) -> BoundSum:
-        """Compiled through the JIT's own specialization (a cache hit once it has run), not launched."""
-        compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.constexprs)
-        return cls(compiled.run, compiled.function, compiled.packed_metadata, launch.grid, _tail(launch, 3))
-
-    def __call__(self, stream: int, y: Tensor, slot_to_row: Tensor, out: Tensor) -> None:
-        self.launcher(
-            *self.grid, 1, stream, self.function, self.metadata, None, None, None, y, slot_to_row, out, *self.tail
-        )
-
-
-def _tail(launch: KernelLaunch, tensors: int) -> tuple[Any, ...]:
-    """A launch's arguments after its first ``tensors`` tensors, then its constexpr values in kernel order."""
-    names = launch.kernel.arg_names[len(launch.args):]
-    return (*launch.args[tensors:], *(launch.constexprs[name] for name in names))
-
-
-def hooks_installed() -> bool:
-    """Whether a profiler hooks Triton launches; bound launches skip hooks, so they step aside then.
-    On every cached call, so the usual case (two HookChains) reads two attributes and nothing more."""
-    runtime = knobs.runtime
-    try:
-        return bool(runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls)
-    except AttributeError:  # a plain callable (or None) set in place of a chain
-        return _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook)
-
-
-def _hooked(hook: Any) -> bool:
-    """A HookChain with callbacks, or a plain callable set in its place."""
-    return bool(hook.calls) if isinstance(hook, HookChain) else hook is not None
-
-
-def operand_key(
-    x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None = None, prefix: Any = None
-) -> tuple[Any, ...]:
-    """Everything ``prepare`` reads from the operands, exactly: equal keys mean the same validation
-    outcome, output shape, grid and Triton specialization (dtypes, int values, pointer alignment).
-    ``prefix`` leads the key (the caller's policy fingerprint), so a cached call builds one flat tuple."""
-    return (
-        prefix, mode, routing.launch_layout,
-        x.dtype, x.shape, x.stride(), x.data_ptr() % 16, x.get_device(),
-        w.dtype, w.shape, w.stride(), w.data_ptr() % 16, w.get_device(),
-        None if bias is None else (bias.dtype, bias.shape, bias.stride(), bias.data_ptr() % 16, bias.get_device()),
-        None if out is None else (out.dtype, out.shape, out.stride(), out.data_ptr() % 16, out.get_device()),
-        x.dtype is torch.float32 and torch.get_float32_matmul_precision(),
-    )
 
 
 def check_operands(
@@ -233,6 +106,40 @@ def check_operands(
     for name, tensor in named.items():
         if tensor is not None and tensor.device != x.device:
             raise ValueError(f"{name}.device ({tensor.device}) must equal x.device ({x.device})")
+    if x.device.type != "cpu" or not routing.n_rows:  # GPU runs compile; meta tensors and empty calls launch nothing
+        return
+    if not INTERPRETED:
+        raise ValueError(
+            "x is on the CPU, where Triton runs kernels only in its interpreter: move the tensors to the GPU, "
+            "or set TRITON_INTERPRET=1 before importing resilient_moe (the interpreter is slow: for tests)"
+        )
+    if x.dtype == torch.bfloat16 and routing.n_rows:
+        warnings.warn(
+            "bf16 in the Triton interpreter: its tl.dot computes bf16 wrongly (errors of 1e11 measured), so this "
+            "result is not to be trusted; use fp16 or fp32 on the CPU, bf16 on a GPU (tile choices still hold)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+@dataclass(frozen=True)
+class Operands:
+    """One call's operands, validated once (``checked``): the shape-class key, the plan and every
+    attempt read them without checking again."""
+
+    x: Tensor
+    w: Tensor
+    bias: Tensor | None
+    routing: Routing
+    mode: Mode
+    out: Tensor | None = None
+
+    @classmethod
+    def checked(
+        cls, x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None = None
+    ) -> Operands:
+        check_operands(x, w, bias, routing, mode, out)
+        return cls(x, w, bias, routing, mode, out)
 
 
 def prepare(
@@ -244,17 +151,22 @@ def prepare(
     config: TileConfig,
     out: Tensor | None = None,
 ) -> KernelLaunch:
-    """Validate, allocate the output (unless ``out`` is given) and build the launch; shape-only, so
-    meta tensors work.
+    """``build`` for operands not yet validated."""
+    return build(Operands.checked(x, w, bias, routing, mode, out), config)
+
+
+def build(ops: Operands, config: TileConfig) -> KernelLaunch:
+    """Allocate the output (unless ``ops.out`` is given) and build the launch; shape-only, so meta
+    tensors work.
 
     gather: x [T, K] -> out [n_rows, N] in expert order.
     scatter: x [n_rows, K] in expert order -> out [T, N], the gamma-weighted sum over each token's slots.
     fp32 follows torch.get_float32_matmul_precision(): "highest" (torch's default) means no tf32.
     """
-    check_operands(x, w, bias, routing, mode, out)
+    x, w, bias, routing, mode, out = ops.x, ops.w, ops.bias, ops.routing, ops.mode, ops.out
     n_experts, k, n = w.shape
     scatter = mode == "scatter"
-    y = _output(x, n, routing, scatter, out)
+    y = output_for(x, n, routing, scatter, out)
     max_m_tiles = min(triton.cdiv(routing.n_rows, config.block_m) + n_experts, routing.n_rows)
     constexprs: dict[str, int | bool] = {
         "BLOCK_M": config.block_m,
@@ -277,7 +189,7 @@ def prepare(
         args = _persistent_args(x, w, bias, y, routing, scatter, config, tile_map)
         return KernelLaunch(_moe_matmul_persistent_kernel, (programs,), args, constexprs, y, result, then, tile_map)
     grid = (max_m_tiles * triton.cdiv(n, config.block_n),)
-    args = (*_tensors(x, w, bias, y, routing, scatter), *_sizes(x, w, bias, y))
+    args = (*tensor_args(x, w, bias, y, routing, scatter), *_sizes(x, w, bias, y))
     constexprs.update(EXPERTS_POW2=triton.next_power_of_2(n_experts), EVEN_N=n % config.block_n == 0)
     return KernelLaunch(_moe_matmul_kernel, grid, args, constexprs, y, result, then)
 
@@ -315,12 +227,12 @@ def _persistent_args(
     tile_map: KernelLaunch,
 ) -> tuple[Any, ...]:
     """``_moe_matmul_persistent_kernel``'s arguments: host-built TMA descriptors for W and for the
-    ragged sides (Y's rows, and in scatter mode X's), then what ``_tensors`` gives the other kernel."""
+    ragged sides (Y's rows, and in scatter mode X's), then what ``tensor_args`` gives the other kernel."""
     n_experts, k, n = w.shape
     w_desc = TensorDescriptor(w, [n_experts, k, n], list(w.stride()), [1, config.block_k, config.block_n])
     x_desc = create_ragged_descriptor(x, [config.block_m, config.block_k]) if scatter else None
     y_desc = create_ragged_descriptor(y, [config.block_m, config.block_n])
-    _, _, _, _, offsets, gather_idx, scatter_idx, gammas = _tensors(x, w, bias, y, routing, scatter)
+    _, _, _, _, offsets, gather_idx, scatter_idx, gammas = tensor_args(x, w, bias, y, routing, scatter)
     bias_strides = (0, 0) if bias is None else bias.stride()
     return (
         x, x_desc, w_desc, bias, y, y_desc, offsets, gather_idx, scatter_idx, gammas, tile_map.y, tile_map.result,
@@ -343,7 +255,7 @@ def _spans_int32(tensor: Tensor | None) -> bool:
     return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) >= 2**31
 
 
-def _output(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
+def output_for(x: Tensor, n: int, routing: Routing, scatter: bool, out: Tensor | None) -> Tensor:
     """What the GEMM writes: [n_rows, N] in expert order, ``out`` in gather mode if given; scatter
     mode's rows are its own, which ``_slot_sum`` adds into the output."""
     return x.new_empty(routing.n_rows, n) if scatter or out is None else out
@@ -369,11 +281,11 @@ def _slot_sum(y: Tensor, routing: Routing, out: Tensor | None) -> KernelLaunch:
     return KernelLaunch(_slot_sum_kernel, (routing.n_tokens, triton.cdiv(n, block_n)), args, constexprs, result, result)
 
 
-_TENSOR_PARAMS = ("X", "W", "Bias", "Y", "ExpertOffsets", "GatherIdx", "ScatterIdx", "Gammas")
+TENSOR_PARAMS = ("X", "W", "Bias", "Y", "ExpertOffsets", "GatherIdx", "ScatterIdx", "Gammas")
 """The kernel's first parameters; the sizes and strides follow them."""
 
 
-def _tensors(
+def tensor_args(
     x: Tensor, w: Tensor, bias: Tensor | None, y: Tensor, routing: Routing, scatter: bool
 ) -> tuple[Tensor | None, ...]:
     if scatter:
@@ -385,32 +297,3 @@ def _sizes(x: Tensor, w: Tensor, bias: Tensor | None, y: Tensor) -> tuple[int, .
     n_experts, k, n = w.shape
     bias_strides = (0, 0) if bias is None else bias.stride()
     return (n_experts, n, k, *x.stride(), *w.stride(), *bias_strides, *y.stride())
-
-
-def default_config(
-    n_rows: int, n: int, k: int, n_experts: int, dtype: torch.dtype, arch: str | None
-) -> TileConfig:
-    """First guess for Hopper-class GPUs; the dispatcher downgrades it if it does not fit.
-
-    block_m follows the mean rows per expert so small batches do not pad tiles with idle rows.
-    128x256x64 at 4 stages (192 KiB of shared memory) was the fastest one-tile bf16 prefill tile on an
-    H200. On sm_90, 2-byte prefill tiles start persistent at 3 stages (4 leave no room for the
-    epilogue's TMA buffer: 213 KiB at 3), faster than one tile per program there (docs/design.md,
-    "Persistent kernel"); decode tiles stay one per program.
-    """
-    rows_per_expert = triton.cdiv(n_rows, max(n_experts, 1))
-    block_m = min(128, max(16, triton.next_power_of_2(rows_per_expert)))
-    block_n = 256 if block_m == 128 and n >= 2048 else 128
-    block_n = min(block_n, max(16, triton.next_power_of_2(n)))
-    block_k = 32 if dtype == torch.float32 else 64
-    block_k = min(block_k, max(16, triton.next_power_of_2(k)))
-    persistent = arch in _PERSISTENT_FIRST and block_m == 128 and dtype != torch.float32
-    num_stages = 3 if persistent else 4
-    if arch is not None and arch.startswith("gfx"):
-        num_stages = 2
-    elif arch is not None and arch not in _LARGE_SMEM_NVIDIA:
-        block_n = min(block_n, 128)
-        num_stages = 3
-    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
-    return TileConfig(block_m, block_n, block_k, group_m=8, num_warps=num_warps, num_stages=num_stages,
-                      is_persistent=persistent)

@@ -42,27 +42,24 @@ import dataclasses
 import functools
 import importlib
 import inspect
-import os
 import sys
 import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
 
 from .. import events
-from ..cache import default_cache, row_bucket
+from .. import settings
+from ..cache import row_bucket
 from ..config import TileConfig
 from ..dispatch import Call, resolve
 from ..policy import active_policy
-from ..targets import Placement, placement
+from ..targets import Placement, compile_env, placement
 from ..virtual import virtual_target
-
-ASYNC_COPY_ENV = "TRITON_HIP_USE_ASYNC_COPY"
-"""Doubles the LDS a tile needs on gfx950 when set (docs/design.md, "Chip facts"); part of the key on AMD chips."""
 
 TILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TileConfig))
 _TRITON = f"triton-{triton.__version__}"
@@ -284,6 +281,25 @@ def matmul(*args: Any, **kwargs: Any) -> Any:
     return _call("matmul", args, kwargs)
 
 
+class UpstreamKey(NamedTuple):
+    """The shape class an upstream winner is shared by (its text form keys the cache file)."""
+
+    kernel: str
+    arch: str
+    triton: str
+    flavor: str
+    x_dtype: str
+    w_dtype: str
+    rows: int  # the row count's power-of-two bucket
+    n: int
+    k: int
+    experts: int
+    gather: bool
+    scatter: bool
+    compile_env: str  # TRITON_HIP_USE_ASYNC_COPY on AMD chips: one LDS buffer more per tile with it
+    policy: str
+
+
 def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     up = upstream(entry)
     names = _NAMES[entry]
@@ -300,42 +316,49 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
     policy = active_policy()
     where = placement()
-    hip = where.arch.startswith("gfx")
-    key = (
+    env = ",".join(f"{name}={value}" for name, value in compile_env()) if where.arch.startswith("gfx") else ""
+    key = UpstreamKey(
         f"triton_kernels.{entry}", where.arch, _TRITON, up.flavor, _dtype(x), _dtype(w), row_bucket(rows), n, k,
-        experts, gather is not None, scatter is not None, os.environ.get(ASYNC_COPY_ENV, "") if hip else "",
-        policy.fingerprint,
+        experts, gather is not None, scatter is not None, env, policy.fingerprint,
     )
 
     def attempt(config: TileConfig | _Learn) -> Any:
         with _on_target(where):
             return _tiled(config, up.fn, args, kwargs)
 
-    cache = default_cache()
-    winner = cache.lookup(key)
-    if isinstance(winner, TileConfig):
-        return attempt(winner)
-    try:
-        finished = attempt(LEARN)
-    except _Learned as learned:
-        flags = learned.flags
-    else:
-        return finished  # upstream never asked for flags on this path: nothing to tile
-    try:
-        default = TileConfig(**{name: getattr(flags, name) for name in TILE_FIELDS})
-    except (TypeError, ValueError):  # a tile the ladder cannot express: run upstream as it is
-        return up.fn(*args, **kwargs)
+    def describe() -> Call:
+        try:
+            finished = attempt(LEARN)
+        except _Learned as learned:
+            flags = learned.flags
+        else:
+            raise _RanUntiled(finished)  # upstream never asked for flags on this path: nothing to tile
+        try:
+            default = TileConfig(**{name: getattr(flags, name) for name in TILE_FIELDS})
+        except (TypeError, ValueError):  # a tile the ladder cannot express: run upstream as it is
+            raise _RanUntiled(up.fn(*args, **kwargs)) from None
+        return Call(
+            kernel=f"triton_kernels.{entry}",
+            key=key,
+            arch=where.arch,
+            shape={"rows": rows, "n": n, "k": k, "experts": experts},
+            default=default,
+            fields={"dtype": _dtype(x), "flavor": up.flavor},
+            rows_per_expert=-(-rows // experts),
+        )
 
-    call = Call(
-        kernel=f"triton_kernels.{entry}",
-        key=key,
-        arch=where.arch,
-        shape={"rows": rows, "n": n, "k": k, "experts": experts},
-        default=default,
-        fields={"dtype": _dtype(x), "flavor": up.flavor},
-        rows_per_expert=-(-rows // experts),
-    )
-    return resolve(call, attempt, policy, cache)
+    try:
+        return resolve(key, attempt, describe, policy, settings.cache())[0]
+    except _RanUntiled as ran:
+        return ran.result
+
+
+class _RanUntiled(Exception):
+    """Upstream ran without a tile to choose (or with one the ladder cannot express): its result."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
 
 
 def _on_target(where: Placement) -> contextlib.AbstractContextManager[Any]:

@@ -17,7 +17,9 @@ from typing import Any
 from .driver import VirtualDriver, virtual_target
 from .worker import Compiled, CompileJob, Worker, job_for
 
-__all__ = ["Compiled", "CompileJob", "VirtualDriver", "compile_many", "fits", "job_for", "measure", "virtual_target"]
+__all__ = [
+    "Compiled", "CompileJob", "VirtualDriver", "compile_many", "fits", "job_for", "measure", "virtual_target",
+]
 
 _pool: list[Worker] = []
 _pool_lock = threading.Lock()
