@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import reprlib
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -51,16 +55,34 @@ def _cache_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{cache.path}: {len(entries)} winner(s)")
     for key, entry in sorted(entries.items()):
-        failed = [a for a in entry.get("attempts", []) if "required" in a]
-        print(f"  {key}\n    -> {entry.get('config')} ({len(failed)} config(s) did not fit; source {entry.get('source', '?')})")
+        print(f"  {key}\n    -> {_entry_line(entry)}")
     return 0
+
+
+def _entry_line(entry: Any) -> str:
+    """What ``cache show`` prints for one entry. The file is anyone's to edit: an entry lookups ignore
+    is shown as such, not a crash of the command."""
+    from .cache import _winner_from
+
+    try:
+        _winner_from(entry)
+    except (TypeError, ValueError):
+        return f"malformed entry (lookups ignore it): {reprlib.repr(entry)}"
+    attempts = entry.get("attempts")
+    failed = [a for a in attempts if isinstance(a, dict) and "required" in a] if isinstance(attempts, list) else []
+    return f"{entry['config']} ({len(failed)} config(s) did not fit; source {entry.get('source', '?')})"
 
 
 def _cache_clear(args: argparse.Namespace) -> int:
     from .cache import default_cache
 
     cache = default_cache()
-    print(f"{cache.path}: {'removed' if cache.clear() else 'nothing to remove'}")
+    try:
+        removed = cache.clear()
+    except OSError as err:  # e.g. a directory where the file should be
+        print(f"{cache.path}: cannot remove: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(f"{cache.path}: {'removed' if removed else 'nothing to remove'}")
     return 0
 
 
@@ -102,14 +124,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; its exit status. A reader that leaves early (``| head``) ends it quietly, with the
+    status of a process killed by SIGPIPE, as other command-line tools do."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["preflight", "diff"]:
-        from .preflight import diff_parser
+    try:
+        if argv[:2] == ["preflight", "diff"]:
+            from .preflight import diff_parser
 
-        args = diff_parser().parse_args(argv[2:])
-    else:
-        args = parser().parse_args(argv)
-    return int(args.func(args))
+            args = diff_parser().parse_args(argv[2:])
+        else:
+            args = parser().parse_args(argv)
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
+    return status
 
 
 if __name__ == "__main__":

@@ -4,17 +4,25 @@ A process that interprets Triton (TRITON_INTERPRET=1, how kernels run on a CPU) 
 so compiles go to long-lived worker processes started without that variable. A worker speaks pickle
 over its stdin/stdout; anything the compiler prints goes to stderr. Requests carry only what the JIT
 specializes on: dtypes and 16-byte alignment of pointers, the integer values, the constexprs.
+
+A compile that runs past RESILIENT_MOE_COMPILE_TIMEOUT seconds is killed with its worker (the next
+compile starts a fresh one), and no worker outlives its parent, even one stuck in a compile.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import importlib
+import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -147,6 +155,28 @@ def _environment(env: tuple[tuple[str, str], ...]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+COMPILE_TIMEOUT_ENV = "RESILIENT_MOE_COMPILE_TIMEOUT"
+DEFAULT_COMPILE_TIMEOUT_S = 300.0
+"""A compile of the builtin kernel takes seconds; one past five minutes is stuck (10**6 pipeline stages,
+before policies bounded them, kept a compile going for over five minutes)."""
+CLOSE_GRACE_S = 5.0
+"""How long a closing worker may take to finish and exit before it is killed."""
+
+
+def compile_timeout() -> float:
+    """Seconds a compile may take: RESILIENT_MOE_COMPILE_TIMEOUT, else 300 (read at every compile, a rare path)."""
+    raw = os.environ.get(COMPILE_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_COMPILE_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{COMPILE_TIMEOUT_ENV} must be a positive, finite number of seconds, got {raw!r}")
+    return seconds
+
+
 def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     while True:
         try:
@@ -177,40 +207,113 @@ class Worker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> subprocess.Popen[bytes]:
+        """Start a worker from a thread that waits for it: Linux sends the parent-death signal when the
+        *thread* that started a child ends, and the callers' threads (a pool's, a server's) come and go."""
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        return subprocess.Popen(
-            [sys.executable, "-m", "resilient_moe.virtual"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        started: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+
+        def start_and_wait() -> None:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "resilient_moe.virtual", str(os.getpid())],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+            except BaseException as err:
+                started.set_exception(err)
+                return
+            started.set_result(proc)
+            proc.wait()
+
+        threading.Thread(target=start_and_wait, name="resilient_moe-compile-worker", daemon=True).start()
+        return started.result()
 
     def compile(self, job: CompileJob) -> Compiled:
+        """The job's measurement from the worker; a TimeoutError (the worker killed) past the compile timeout."""
+        seconds = compile_timeout()
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
-            assert self._proc.stdin is not None and self._proc.stdout is not None
+            proc = self._proc
+            assert proc.stdin is not None and proc.stdout is not None
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                proc.kill()
+
+            timer = threading.Timer(seconds, expire)
+            timer.daemon = True
+            timer.start()
             try:
-                pickle.dump(job, self._proc.stdin)
-                self._proc.stdin.flush()
-                reply = pickle.load(self._proc.stdout)
-            except (EOFError, BrokenPipeError) as err:
+                pickle.dump(job, proc.stdin)
+                proc.stdin.flush()
+                reply = pickle.load(proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError) as err:
                 self._proc = None
+                _discard(proc)
+                if expired.is_set():
+                    raise TimeoutError(
+                        f"compiling {job.kernel} for {job.chip} took longer than {seconds:g} s "
+                        f"({COMPILE_TIMEOUT_ENV}): its worker was killed, the next compile starts a fresh one"
+                    ) from None
                 raise RuntimeError(f"resilient_moe compile worker died while compiling {job.kernel} for {job.chip}") from err
+            finally:
+                timer.cancel()
         if isinstance(reply, BaseException):
             raise reply
         return reply
 
     def close(self) -> None:
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.stdin.close()  # type: ignore[union-attr]
-                self._proc.wait(timeout=30)
-            self._proc = None
+        """End the worker: it exits once its stdin closes; one still busy after CLOSE_GRACE_S is killed.
+        Takes no lock, so that a compile in flight (another thread's) cannot hold up an exit."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=CLOSE_GRACE_S)
+        _discard(proc)
+
+
+def _discard(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker (a no-op once it has exited), reap it and close its pipes."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            pipe.close()  # type: ignore[union-attr]
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when the thread that started it ends."""
+
+
+def _exit_with_parent(parent: int) -> None:
+    """No worker outlives its parent, even one stuck in a compiler pass that holds the GIL: on Linux the
+    kernel kills it (PR_SET_PDEATHSIG); elsewhere a thread polls the parent's pid (while the GIL allows)."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL)) == 0
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), name="resilient_moe-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def main() -> None:
+    """The worker's loop; its one argument is the parent's pid."""
+    _exit_with_parent(int(sys.argv[1]))
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the compiler's prints must not corrupt the protocol on stdout
     sys.stdout = sys.stderr
