@@ -113,7 +113,7 @@ def check_operands(
             "x is on the CPU, where Triton runs kernels only in its interpreter: move the tensors to the GPU, "
             "or set TRITON_INTERPRET=1 before importing resilient_moe (the interpreter is slow: for tests)"
         )
-    if x.dtype == torch.bfloat16 and routing.n_rows:
+    if x.dtype == torch.bfloat16:
         warnings.warn(
             "bf16 in the Triton interpreter: its tl.dot computes bf16 wrongly (errors of 1e11 measured), so this "
             "result is not to be trusted; use fp16 or fp32 on the CPU, bf16 on a GPU (tile choices still hold)",
