@@ -31,7 +31,7 @@ from .policy import Policy, active_policy
 from .reference import moe_matmul_reference
 from .routing import Routing
 from .settings import LAUNCHES
-from .targets import Placement, compile_env, placement, shared_limit
+from .targets import Placement, compile_env_key, placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
 _TRITON = f"triton-{triton.__version__}"
@@ -133,10 +133,9 @@ class ShapeKey(NamedTuple):
 
 
 def cache_key(ops: Operands, arch: str, policy: Policy) -> ShapeKey:
-    env = ",".join(f"{name}={value}" for name, value in compile_env()) if arch.startswith("gfx") else ""
     return ShapeKey(
         KERNEL, ops.mode, arch, _TRITON, ops.x.dtype, row_bucket(ops.routing.n_rows), *ops.w.shape,
-        ops.routing.top_k, ops.bias is not None, ops.w.stride(2) == 1, policy.fingerprint, env,
+        ops.routing.top_k, ops.bias is not None, ops.w.stride(2) == 1, policy.fingerprint, compile_env_key(arch),
     )
 
 

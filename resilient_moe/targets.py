@@ -97,6 +97,11 @@ def compile_env() -> tuple[tuple[str, str], ...]:
     return tuple((name, os.environ[name]) for name in COMPILE_ENV if name in os.environ)
 
 
+def compile_env_key(arch: str) -> str:
+    """The compiler's knobs as a cache key part, on the chips they affect (AMD); "" elsewhere."""
+    return ",".join(f"{name}={value}" for name, value in compile_env()) if arch.startswith("gfx") else ""
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where kernels run and which chip decides what fits.

@@ -58,7 +58,7 @@ from ..cache import row_bucket
 from ..config import TileConfig
 from ..dispatch import Call, resolve
 from ..policy import active_policy
-from ..targets import Placement, compile_env, placement
+from ..targets import Placement, compile_env_key, placement
 from ..virtual import virtual_target
 
 TILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TileConfig))
@@ -316,10 +316,9 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
     policy = active_policy()
     where = placement()
-    env = ",".join(f"{name}={value}" for name, value in compile_env()) if where.arch.startswith("gfx") else ""
     key = UpstreamKey(
         f"triton_kernels.{entry}", where.arch, _TRITON, up.flavor, _dtype(x), _dtype(w), row_bucket(rows), n, k,
-        experts, gather is not None, scatter is not None, env, policy.fingerprint,
+        experts, gather is not None, scatter is not None, compile_env_key(where.arch), policy.fingerprint,
     )
 
     def attempt(config: TileConfig | _Learn) -> Any:
