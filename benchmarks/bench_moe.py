@@ -190,8 +190,8 @@ def section_overhead(out: Path) -> None:
     from triton.runtime.driver import driver
 
     import resilient_moe as rm
-    from resilient_moe._moe_details.bound import hooks_installed, operand_key
-    from resilient_moe._moe_details.launch import prepare
+    from resilient_moe.backends.builtin.bound import hooks_installed, operand_key
+    from resilient_moe.backends.builtin.launch import prepare
     from resilient_moe.policy import active_policy
     from resilient_moe.settings import LAUNCHES
 
@@ -360,7 +360,7 @@ def _recover(case: Case, policies: dict[str, Any], arch: str) -> dict[str, Any]:
 
     import resilient_moe as rm
     from resilient_moe import events
-    from resilient_moe._moe_details.launch import prepare
+    from resilient_moe.backends.builtin.launch import prepare
 
     label, mode, k, n = case.gemms()[0]
     routing = rm.route(logits_for(case, False), case.top_k)

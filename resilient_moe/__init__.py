@@ -1,7 +1,7 @@
 """resilient_moe: Triton MoE GEMMs that keep running when a tile does not fit the chip.
 
 Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py, one protocol for
-every backend) -> backends (builtin.py with _moe_details/; adapters/ for upstream triton_kernels) ->
+every backend) -> backends/ (builtin/: our kernel; triton_kernels/: upstream's matmul_ogs) ->
 cache (cache.py) and events (events.py). virtual/ compiles for chips this machine does not have;
 targets.py lists them; settings.py holds the process-global state and ``reset()``.
 
@@ -23,7 +23,7 @@ _EXPORTS = {
     "LadderExhaustedError": "dispatch",
     "Resolution": "dispatch",
     "reset": "settings",
-    "resolution": "builtin",
+    "resolution": "backends.builtin.moe_matmul",
     "Policy": "policy",
     "PolicyError": "policy",
     "load_policy": "policy",
@@ -31,9 +31,9 @@ _EXPORTS = {
     "route": "routing",
     "TileConfig": "config",
     "TilingCache": "cache",
-    "moe_matmul": "builtin",
+    "moe_matmul": "backends.builtin.moe_matmul",
     "moe_matmul_reference": "reference",
-    **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "adapters"),
+    **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "backends.triton_kernels"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -52,13 +52,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .adapters import (
+    from .backends.triton_kernels import (
         matmul,
         matmul_ogs,
         patch_triton_kernels,
         unpatch_triton_kernels,
     )
-    from .builtin import moe_matmul, resolution
+    from .backends.builtin.moe_matmul import moe_matmul, resolution
     from .cache import TilingCache
     from .config import TileConfig
     from .dispatch import Attempt, LadderExhaustedError, Resolution

@@ -64,3 +64,7 @@ class TileConfig:
         (how logs and tables show a tile)."""
         tile = f"{self.block_m}x{self.block_n}x{self.block_k} s{self.num_stages} w{self.num_warps} g{self.group_m}"
         return f"{tile} persistent" if self.is_persistent else tile
+
+
+TILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TileConfig))
+"""A tile's fields, in order: what a rung sets on a backend's own config object and what logs compact."""

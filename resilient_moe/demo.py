@@ -65,7 +65,7 @@ def run() -> int:
     """Run the layer, print what the dispatcher did and the check against the torch reference."""
     gpu = prepare_environment()
     from . import events
-    from .builtin import moe_matmul
+    from .backends.builtin.moe_matmul import moe_matmul
     from .cache import default_cache
     from .policy import load_policy, shipped_policy
     from .reference import moe_matmul_reference

@@ -11,7 +11,6 @@ Event names are stable identifiers; their fields are documented in docs/events.m
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import structlog
 from structlog.testing import LogCapture
 from structlog.typing import EventDict, WrappedLogger
 
-from .config import TileConfig
+from .config import TILE_FIELDS, TileConfig
 
 LOGGER_NAME = "resilient_moe"
 FORMAT_ENV = "RESILIENT_MOE_LOG_FORMAT"
@@ -31,12 +30,9 @@ _json = structlog.processors.JSONRenderer(sort_keys=False)
 _logfmt = structlog.processors.LogfmtRenderer(key_order=["event"], bool_as_flag=False)
 
 
-_TILE_FIELDS = {f.name for f in dataclasses.fields(TileConfig)}
-
-
 def _compact(value: Any) -> Any:
     """Tiles read as 128x256x64 s3 w8 g8 in text logs; other mappings as compact JSON."""
-    if isinstance(value, dict) and value.keys() == _TILE_FIELDS:
+    if isinstance(value, dict) and value.keys() == set(TILE_FIELDS):
         return str(TileConfig(**value))
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), default=str)

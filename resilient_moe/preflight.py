@@ -38,7 +38,7 @@ from .targets import Chip, chip, describe_compiler
 if TYPE_CHECKING:
     import torch
 
-    from ._moe_details.launch import KernelLaunch, Operands
+    from .backends.builtin.launch import KernelLaunch, Operands
     from .dispatch import Call
     from .virtual import Compiled, CompileJob
 
@@ -69,7 +69,7 @@ class Case:
         return candidates(self.call, self.policy)
 
     def launch(self, config: TileConfig) -> KernelLaunch:
-        from ._moe_details.launch import build
+        from .backends.builtin.launch import build
 
         return build(self.ops, config)
 
@@ -90,8 +90,8 @@ def make_case(gemm: Gemm, tokens: int, target: Chip, dtype: torch.dtype, policy:
     """Meta operands for ``tokens`` tokens, routed to every expert (no expert parallelism)."""
     import torch
 
-    from ._moe_details.launch import Operands
-    from .builtin import cache_key, plan
+    from .backends.builtin.launch import Operands
+    from .backends.builtin.moe_matmul import cache_key, plan
     from .routing import route
 
     rows = tokens if gemm.mode == "gather" else tokens * gemm.top_k

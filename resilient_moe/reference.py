@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._moe_details.launch import Mode, check_operands
+from .backends.builtin.launch import Mode, check_operands
 from .routing import Routing
 
 

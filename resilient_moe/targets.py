@@ -92,6 +92,13 @@ def describe_compiler(arch: str) -> str:
     return f"{triton.__version__} ({os.path.dirname(triton.__file__)}){copies}"
 
 
+def compiler_tag() -> str:
+    """The installed Triton as a cache key part (``triton-3.9.0``): an upgrade changes tiles' bytes."""
+    import triton
+
+    return f"triton-{triton.__version__}"
+
+
 def compile_env() -> tuple[tuple[str, str], ...]:
     """The set ``COMPILE_ENV`` variables and their values, as a compile here would see them."""
     return tuple((name, os.environ[name]) for name in COMPILE_ENV if name in os.environ)

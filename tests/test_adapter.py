@@ -22,8 +22,9 @@ from doubles.tk_double import core
 
 import resilient_moe as rm
 from resilient_moe import events, policy
-from resilient_moe.adapters import triton_kernels as adapter
+from resilient_moe.backends.triton_kernels import upstream as adapter
 from resilient_moe.cache import default_cache
+from resilient_moe.config import TILE_FIELDS
 from resilient_moe.policy import POLICY_ENV
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -75,7 +76,7 @@ def problem(tk: tk_double.Installed, tokens: int = T, n: int = N, k: int = K, se
 
 
 def tile(flags) -> tuple[int, ...]:
-    return tuple(getattr(flags, name) for name in adapter.TILE_FIELDS)
+    return tuple(getattr(flags, name) for name in TILE_FIELDS)
 
 
 def test_same_result_and_flags_as_upstream_when_nothing_fails(tk) -> None:
@@ -119,7 +120,7 @@ def test_over_limit_default_recovers_and_keeps_constraints(tk, target, use_polic
     assert downgrades and all(d["required"] > d["limit"] == 163840 for d in downgrades)
     assert downgrades[0]["from"]["block_n"] == 256 and downgrades[0]["resource"] == "shared memory"
     assert selected["kernel"] == f"triton_kernels.{tk.entry}" and selected["config"] == downgrades[-1]["to"]
-    assert tile(core.records[-1].flags) == tuple(selected["config"][f] for f in adapter.TILE_FIELDS)
+    assert tile(core.records[-1].flags) == tuple(selected["config"][f] for f in TILE_FIELDS)
     assert all(r.flags.split_k == 1 for r in core.records)  # the constraint held on every attempt
     assert tk.constraints() == {"split_k": 1}  # and is still there afterwards
 
@@ -173,7 +174,7 @@ def test_cached_winner_is_used_without_learning_again(tk) -> None:
     before = len(core.entries)
     out = ours(tk)(*args, **kwargs)
     assert len(core.entries) == before + 1  # one upstream call: no learning on a hit
-    assert tile(core.records[-1].flags) == tuple(forced.as_dict()[f] for f in adapter.TILE_FIELDS)
+    assert tile(core.records[-1].flags) == tuple(forced.as_dict()[f] for f in TILE_FIELDS)
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routed.moe, "gather"), atol=2e-2, rtol=2e-2)
 
 

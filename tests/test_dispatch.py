@@ -14,10 +14,11 @@ from conftest import OVER_GFX950, TOP_K, E, K, N, T, policy_with, problem
 from triton.compiler.errors import CompilationError
 
 import resilient_moe as rm
-from resilient_moe import builtin, events, virtual
-from resilient_moe._moe_details.launch import prepare
-from resilient_moe._moe_details.smem import lower_bound
-from resilient_moe.builtin import moe_matmul
+from resilient_moe import events, virtual
+from resilient_moe.backends.builtin import moe_matmul as builtin
+from resilient_moe.backends.builtin.launch import prepare
+from resilient_moe.backends.builtin.smem import lower_bound
+from resilient_moe.backends.builtin.moe_matmul import moe_matmul
 from resilient_moe.cache import default_cache
 from resilient_moe.dispatch import ROUNDS
 from resilient_moe.ladder import rungs

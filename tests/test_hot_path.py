@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import resilient_moe as rm
-from resilient_moe._moe_details._kernel import _moe_matmul_kernel
+from resilient_moe.backends.builtin._kernel import _moe_matmul_kernel
 from resilient_moe import settings
-from resilient_moe._moe_details.bound import BoundLaunch, hooks_installed, operand_key
-from resilient_moe._moe_details.launch import TENSOR_PARAMS, prepare
+from resilient_moe.backends.builtin.bound import BoundLaunch, hooks_installed, operand_key
+from resilient_moe.backends.builtin.launch import TENSOR_PARAMS, prepare
 from resilient_moe.config import TileConfig
 from resilient_moe.settings import LAUNCHES
 

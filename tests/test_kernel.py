@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from resilient_moe._moe_details._kernel import _moe_matmul_kernel, _moe_matmul_persistent_kernel
-from resilient_moe._moe_details.heuristics import default_config
-from resilient_moe._moe_details.launch import KernelLaunch, _slot_sum, prepare
+from resilient_moe.backends.builtin._kernel import _moe_matmul_kernel, _moe_matmul_persistent_kernel
+from resilient_moe.backends.builtin.heuristics import default_config
+from resilient_moe.backends.builtin.launch import KernelLaunch, _slot_sum, prepare
 from resilient_moe.config import TileConfig
 from resilient_moe.reference import moe_matmul_reference
 from resilient_moe.routing import Routing, route

@@ -7,7 +7,7 @@ import torch
 
 import resilient_moe as rm
 from resilient_moe import events
-from resilient_moe._moe_details import launch
+from resilient_moe.backends.builtin import launch
 
 
 @pytest.fixture

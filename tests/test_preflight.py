@@ -13,7 +13,7 @@ from conftest import OVER_GFX950, TOP_K, E, K, N, T, policy_with, problem
 
 import resilient_moe as rm
 from resilient_moe import events, preflight, virtual
-from resilient_moe.builtin import moe_matmul
+from resilient_moe.backends.builtin.moe_matmul import moe_matmul
 from resilient_moe.cache import FILE_NAME, TilingCache
 from resilient_moe.models import PRESETS, Gemm, ShapesError, load_shapes
 from resilient_moe.targets import chip

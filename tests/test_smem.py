@@ -8,8 +8,8 @@ import torch
 
 import resilient_moe as rm
 from resilient_moe import virtual
-from resilient_moe._moe_details.launch import prepare
-from resilient_moe._moe_details.smem import lower_bound, vectorized_operands
+from resilient_moe.backends.builtin.launch import prepare
+from resilient_moe.backends.builtin.smem import lower_bound, vectorized_operands
 from resilient_moe.targets import ASYNC_COPY_ENV, amd_async_copy, chip
 
 TOKENS, EXPERTS, TOP_K = 64, 8, 2

@@ -26,7 +26,7 @@ _PRELUDE = """
 import json, os, sys, torch
 import resilient_moe as rm
 from resilient_moe import events
-from resilient_moe.adapters import triton_kernels as adapter
+from resilient_moe.backends.triton_kernels import upstream as adapter
 
 def finish(**result):
     print(json.dumps(result))

@@ -18,7 +18,7 @@ import torch
 import triton
 
 from resilient_moe import virtual
-from resilient_moe._moe_details.launch import Mode, prepare
+from resilient_moe.backends.builtin.launch import Mode, prepare
 from resilient_moe.config import TileConfig
 from resilient_moe.routing import Routing, route
 from resilient_moe.targets import placement

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from ..config import TileConfig
-from ..targets import amd_async_copy
+from ...config import TileConfig
+from ...targets import amd_async_copy
 
 _WARP_SIZE = {"sm_80": 32, "sm_86": 32, "sm_89": 32, "sm_90": 32, "sm_120": 32, "gfx90a": 64, "gfx942": 64, "gfx950": 64}
 """The chips the bound was checked on; sm_100 (tcgen05, a pipeline of its own) was only sampled."""

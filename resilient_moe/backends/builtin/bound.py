@@ -14,7 +14,7 @@ from triton.compiler.compiler import CompiledKernel
 from triton.knobs import HookChain
 from triton.runtime.driver import driver
 
-from ..routing import Routing
+from ...routing import Routing
 from .launch import TENSOR_PARAMS, KernelLaunch, Mode, output_for, tensor_args
 
 @dataclass(frozen=True)

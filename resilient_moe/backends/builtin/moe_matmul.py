@@ -18,23 +18,23 @@ import torch
 import triton
 from torch import Tensor
 
-from . import events, settings, virtual
-from ._moe_details import smem
-from ._moe_details.launch import INTERPRETED
-from ._moe_details.bound import BoundLaunch, hooks_installed, operand_key
-from ._moe_details.heuristics import default_config
-from ._moe_details.launch import KernelLaunch, Mode, Operands, build, check_operands
-from .cache import row_bucket
-from .config import TileConfig
-from .dispatch import Call, Resolution, resolve
-from .policy import Policy, active_policy
-from .reference import moe_matmul_reference
-from .routing import Routing
-from .settings import LAUNCHES
-from .targets import Placement, compile_env_key, placement, shared_limit
+from ... import events, settings, virtual
+from . import smem
+from .launch import INTERPRETED
+from .bound import BoundLaunch, hooks_installed, operand_key
+from .heuristics import default_config
+from .launch import KernelLaunch, Mode, Operands, build, check_operands
+from ...cache import row_bucket
+from ...config import TileConfig
+from ...dispatch import Call, Resolution, resolve
+from ...policy import Policy, active_policy
+from ...reference import moe_matmul_reference
+from ...routing import Routing
+from ...settings import LAUNCHES
+from ...targets import Placement, compile_env_key, compiler_tag, placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
-_TRITON = f"triton-{triton.__version__}"
+_TRITON = compiler_tag()
 
 
 def moe_matmul(

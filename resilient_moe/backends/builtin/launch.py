@@ -17,8 +17,8 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.tools.ragged_tma import create_ragged_descriptor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ..config import TileConfig
-from ..routing import Routing
+from ...config import TileConfig
+from ...routing import Routing
 from ._kernel import _moe_matmul_kernel, _moe_matmul_persistent_kernel, _slot_sum_kernel, _tile_map_kernel
 
 Mode = Literal["gather", "scatter"]

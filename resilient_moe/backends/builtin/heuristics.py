@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..config import TileConfig
+from ...config import TileConfig
 
 _LARGE_SMEM_NVIDIA: frozenset[str] = frozenset({"sm_90", "sm_90a", "sm_100", "sm_100a"})
 """NVIDIA archs with about 228 KiB of shared memory per block; others get smaller first guesses."""
