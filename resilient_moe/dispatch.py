@@ -21,7 +21,7 @@ from . import events
 from .cache import REFERENCE, Key, TilingCache, key_text
 from .config import TileConfig
 from .ladder import rungs
-from .policy import Policy
+from .policy import Ladder, Policy
 
 T = TypeVar("T")
 
@@ -79,6 +79,13 @@ class Call:
     rows_per_expert: int | None = None  # the mean, rounded up: lets the ladder cut a block_m that only pads
     timer: Callable[[TileConfig], float] | None = None  # ms of a launch of a tile; None where timing means nothing
     forms: Callable[[TileConfig], list[TileConfig]] | None = None  # the same tile run by another kernel form
+    tied: frozenset[str] = frozenset()  # fields the call's format ties (e.g. num_warps to a scale layout): never moved
+    floors: dict[str, int] = field(default_factory=dict)  # the format's least legal value of a field, e.g. block_k 256
+
+    def ladder(self, policy: Policy) -> Ladder:
+        """The policy's ladder with this call's floors raised to what its format allows."""
+        raised = {f"min_{name}": max(value, getattr(policy.ladder, f"min_{name}")) for name, value in self.floors.items()}
+        return policy.ladder.model_copy(update=raised) if raised else policy.ladder
 
 
 @dataclass(frozen=True)
@@ -106,12 +113,18 @@ def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[Til
     return default.replace(**{**section.default.values(), **pinned}), frozenset(pinned)
 
 
+def _start(call: Call, policy: Policy) -> tuple[TileConfig, frozenset[str]]:
+    """The call's first config and every field the ladder may not move: the policy's pins, the format's ties."""
+    start, pinned = starting_config(call.default, policy, call.arch)
+    return start, pinned | call.tied
+
+
 def candidates(call: Call, policy: Policy) -> list[TileConfig]:
     """The start and the shared-memory ladder below it, in the order a climb tries them (preflight
     compiles them ahead, in parallel)."""
-    start, pinned = starting_config(call.default, policy, call.arch)
+    start, pinned = _start(call, policy)
     moves = policy.moves_for("shared memory")
-    return [start, *rungs(start, policy.ladder, moves, pinned, call.rows_per_expert)]
+    return [start, *rungs(start, call.ladder(policy), moves, pinned, call.rows_per_expert)]
 
 
 _locks: dict[Key, threading.Lock] = {}
@@ -190,7 +203,8 @@ def _climb(
     reference: Callable[[], T] | None,
     stale: Attempt | None = None,
 ) -> tuple[T, Resolution]:
-    config, pinned = starting_config(call.default, policy, call.arch)
+    config, pinned = _start(call, policy)
+    ladder = call.ladder(policy)
     tried: list[Attempt] = []
     pending: list[TileConfig] = []
     resource = None
@@ -216,8 +230,8 @@ def _climb(
         tried.append(failed)
         if failed.resource != resource:  # a new kind of shortage: its own moves, from where we are
             resource = failed.resource
-            pending = rungs(config, policy.ladder, policy.moves_for(failed.resource), pinned, call.rows_per_expert)
-        if not pending or len(tried) >= policy.ladder.max_attempts:
+            pending = rungs(config, ladder, policy.moves_for(failed.resource), pinned, call.rows_per_expert)
+        if not pending or len(tried) >= ladder.max_attempts:
             return _exhausted(call, tuple(tried), policy, cache, reference, context, stale)
         following = pending.pop(0)
         events.downgrade(
