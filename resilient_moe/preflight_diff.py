@@ -4,13 +4,13 @@ The use it exists for: the same model and chip preflighted under the Triton in p
 the one to upgrade to. Shared-memory bytes move between compiler versions (Triton 3.9 keeps one more
 LDS buffer per tile on gfx950 than 3.6), so a default that fits today can stop fitting, and the tile
 the ladder lands on can change. The diff lists those GEMMs with the bytes on each side, before the
-upgrade is deployed. Pure functions over the two reports' JSON: nothing is compiled here.
+upgrade is deployed. Pure functions over the two reports' JSON: nothing is compiled here; the table
+the command prints is ``render.diff_table``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,48 +95,3 @@ def compare(a: Report, b: Report) -> list[Change]:
     """Every row of either report, in A's order, then the rows only B has."""
     keys = [*a.rows, *(k for k in b.rows if k not in a.rows)]
     return [Change(*key, a.rows.get(key), b.rows.get(key)) for key in keys]
-
-
-def _tile(config: dict[str, Any] | None) -> str:
-    if config is None:
-        return "none fits"
-    from .config import TileConfig
-
-    return str(TileConfig(**config))
-
-
-def render(a: Report, b: Report, changes: Sequence[Change], every_row: bool = False) -> str:
-    """A table of the rows that differ (``every_row``: all of them) and a one-line summary."""
-    from .preflight import table
-
-    shown = [c for c in changes if every_row or c.what()]
-    body = []
-    for c in shown:
-        side_a, side_b = c.a or {}, c.b or {}
-        default = _tile(side_a.get("default") or side_b.get("default"))
-        if c.a is not None and c.b is not None and c.a["default"] != c.b["default"]:
-            default = f"{_tile(c.a['default'])} -> {_tile(c.b['default'])}"
-        body.append((
-            c.gemm, c.mode, c.tokens, default,
-            side_a.get("default_bytes", "-"), side_b.get("default_bytes", "-"),
-            _fits(side_a), _fits(side_b),
-            _tile(side_a["chosen"]) if c.a else "-", _tile(side_b["chosen"]) if c.b else "-",
-            ", ".join(c.what()) or "same",
-        ))
-    header = ("gemm", "mode", "tokens", "default tile", "A bytes", "B bytes", "A fits", "B fits", "A chosen",
-              "B chosen", "change")
-    lines = [f"A: {a.describe()}", f"B: {b.describe()}", ""]
-    lines.append(table(header, body, right=(2, 4, 5)) if body else "no GEMM differs")
-    stop = sum("default stops fitting" in c.what() for c in changes)
-    start = sum("default starts fitting" in c.what() for c in changes)
-    chosen = sum("chosen tile changes" in c.what() for c in changes)
-    lost = sum("no tile fits B" in c.what() for c in changes)
-    lines.append(f"\n{len(changes)} GEMM calls: {stop} default tiles stop fitting under B, {start} start fitting, "
-                 f"{chosen} chosen tiles change, {lost} have no fitting tile under B")
-    return "\n".join(lines)
-
-
-def _fits(row: dict[str, Any]) -> str:
-    if not row:
-        return "-"
-    return "yes" if row["default_fits"] else "NO"

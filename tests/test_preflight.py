@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import resilient_moe as rm
 from resilient_moe import events, preflight, virtual
 from resilient_moe.backends.builtin.moe_matmul import moe_matmul
 from resilient_moe.cache import FILE_NAME, TilingCache
+from resilient_moe.cli import parser
 from resilient_moe.models import PRESETS, Gemm, ShapesError, load_shapes
 from resilient_moe.targets import chip
 
@@ -27,9 +27,8 @@ UP = Gemm(name="up", mode="gather", experts=E, top_k=TOP_K, k=K, n=N)
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="resilient-moe")
-    preflight.add_commands(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
+    """The command in this process (its compiles still go to worker processes)."""
+    args = parser().parse_args(argv)
     return args.func(args)
 
 
