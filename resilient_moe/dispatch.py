@@ -114,8 +114,11 @@ def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[Til
 
 
 def _start(call: Call, policy: Policy) -> tuple[TileConfig, frozenset[str]]:
-    """The call's first config and every field the ladder may not move: the policy's pins, the format's ties."""
+    """The call's first config and every field the ladder may not move: the policy's pins, the format's
+    ties (a tied field keeps the call's own value, whatever the policy's arch default says)."""
     start, pinned = starting_config(call.default, policy, call.arch)
+    if call.tied:
+        start = start.replace(**{name: getattr(call.default, name) for name in call.tied})
     return start, pinned | call.tied
 
 

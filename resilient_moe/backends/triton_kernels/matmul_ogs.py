@@ -5,6 +5,8 @@ the dispatcher (its key, upstream's own default tile, an attempt under a given t
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -17,7 +19,8 @@ from ...dispatch import Call, resolve
 from ...policy import active_policy
 from ...targets import Placement, compile_env_key, compiler_tag, placement
 from ...virtual import virtual_target
-from .upstream import LEARN, Upstream, _Learn, _Learned, _tiled, upstream
+from . import formats
+from .upstream import LEARN, Upstream, _Learn, _Learned, _tiled, copy_named, upstream, upstream_or_none
 
 _TRITON = compiler_tag()
 
@@ -43,7 +46,7 @@ def matmul_ogs(*args: Any, **kwargs: Any) -> Any:
 
     Same arguments and result as the installed upstream function. A call with no rows to compute
     returns zeros of the output's shape (or zero-fills ``y``) without calling upstream."""
-    return _call("matmul_ogs", args, kwargs)
+    return _call(upstream("matmul_ogs"), args, kwargs)
 
 
 matmul_ogs.__resilient_moe_front__ = True  # type: ignore[attr-defined]
@@ -54,10 +57,24 @@ def matmul(*args: Any, **kwargs: Any) -> Any:
 
     Same arguments and result as the installed upstream function. A call with no rows to compute
     returns zeros of the output's shape (or zero-fills ``c``) without calling upstream."""
-    return _call("matmul", args, kwargs)
+    return _call(upstream("matmul"), args, kwargs)
 
 
 matmul.__resilient_moe_front__ = True  # type: ignore[attr-defined]
+
+
+def front(up: Upstream) -> Callable[..., Any]:
+    """Our function in place of one copy's (``matmul_ogs`` / ``matmul`` for the standalone package)."""
+    if up is upstream_or_none():
+        return matmul if up.entry == "matmul" else matmul_ogs
+    name = up.module.__name__
+
+    @functools.wraps(up.fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _call(copy_named(name), args, kwargs)
+
+    wrapper.__resilient_moe_front__ = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class UpstreamKey(NamedTuple):
@@ -66,21 +83,25 @@ class UpstreamKey(NamedTuple):
     kernel: str
     arch: str
     triton: str
-    flavor: str
-    x_dtype: str
-    w_dtype: str
+    source: str  # the copy (standalone, vLLM's, SGLang's) and a hash of its matmul code
+    x: str  # dtype and layout class of each operand
+    w: str
     rows: int  # the row count's power-of-two bucket
     n: int
     k: int
     experts: int
     gather: bool
     scatter: bool
+    precision: str  # the precision config's shape: scales, their layouts, flex, out dtype
+    activation: str  # the fused activation (SwiGLU halves N)
+    out: str  # the given output buffer's dtype, if any
+    constraints: str  # upstream's opt-flags constraints in force: a winner never crosses them
     compile_env: str  # TRITON_HIP_USE_ASYNC_COPY on AMD chips: one LDS buffer more per tile with it
     policy: str
 
 
-def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    up = upstream(entry)
+def _call(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    entry = up.entry
     names = _NAMES[entry]
     x, w = _argument(up, names.x, args, kwargs), _argument(up, names.w, args, kwargs)
     if x is None or w is None:
@@ -95,9 +116,14 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
     policy = active_policy()
     where = placement()
+    constraints = up.constraints()
+    precision_config = _argument(up, "precision_config", args, kwargs)
     key = UpstreamKey(
-        f"triton_kernels.{entry}", where.arch, _TRITON, up.flavor, _dtype(x), _dtype(w), row_bucket(rows), n, k,
-        experts, gather is not None, scatter is not None, compile_env_key(where.arch), policy.fingerprint,
+        f"triton_kernels.{entry}", where.arch, _TRITON, up.source, formats.operand(x), formats.operand(w),
+        row_bucket(rows), n, k, experts, gather is not None, scatter is not None, formats.precision(precision_config),
+        formats.activation(_argument(up, "fused_activation", args, kwargs)),
+        formats.operand(_argument(up, names.out, args, kwargs)), formats.constraints_text(constraints),
+        compile_env_key(where.arch), policy.fingerprint,
     )
 
     def attempt(config: TileConfig | _Learn) -> Any:
@@ -115,14 +141,17 @@ def _call(entry: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             default = TileConfig(**{name: getattr(flags, name) for name in TILE_FIELDS})
         except (TypeError, ValueError):  # a tile the ladder cannot express: run upstream as it is
             raise _RanUntiled(up.fn(*args, **kwargs)) from None
+        allowed = formats.rules(default, constraints, x, w, precision_config, _argument(up, names.routing, args, kwargs) is not None)
         return Call(
             kernel=f"triton_kernels.{entry}",
             key=key,
             arch=where.arch,
             shape={"rows": rows, "n": n, "k": k, "experts": experts},
             default=default,
-            fields={"dtype": _dtype(x), "flavor": up.flavor},
+            fields={"dtype": _dtype(x), "flavor": up.flavor, "copy": up.source},
             rows_per_expert=-(-rows // experts),
+            tied=allowed.tied,
+            floors=allowed.floors,
         )
 
     try:

@@ -25,16 +25,16 @@ _patches: list[_Patch] = []
 
 
 def patch_triton_kernels() -> None:
-    """Put our function where upstream's is looked up: upstream's module attribute and every
-    imported module holding upstream's function as a global, under any name (vLLM, SGLang and ATOM
+    """Put our function where upstream's is looked up, in every copy imported (the standalone
+    ``triton_kernels`` and the copies vLLM and SGLang vendor): each copy's module attribute and every
+    imported module holding that copy's function as a global, under any name (vLLM, SGLang and ATOM
     do ``from triton_kernels.matmul_ogs import matmul_ogs``). Safe to call again: it also catches
-    modules imported since. Modules imported later get ours from upstream's module attribute."""
-    from .matmul_ogs import matmul, matmul_ogs
-    from .upstream import upstream
+    copies and modules imported since. Modules imported later get ours from the copy's attribute."""
+    from .matmul_ogs import front
+    from .upstream import copies
 
     with lock:
-        up = upstream()
-        replacement = matmul if up.entry == "matmul" else matmul_ogs
+        replacing = {id(up.fn): (up.fn, front(up)) for up in copies()}
         for module in list(sys.modules.values()):
             if not isinstance(module, types.ModuleType):
                 continue
@@ -45,9 +45,17 @@ def patch_triton_kernels() -> None:
             if str(namespace.get("__name__", "")).startswith("resilient_moe."):
                 continue
             for name, value in list(namespace.items()):
-                if value is up.fn:
-                    namespace[name] = replacement
-                    _patches.append(_Patch(module, name, up.fn, replacement))
+                found = replacing.get(id(value))
+                if found is not None and value is found[0]:
+                    namespace[name] = found[1]
+                    _patches.append(_Patch(module, name, value, found[1]))
+
+
+def patched(fn: Callable[..., Any]) -> list[str]:
+    """Where upstream's ``fn`` is replaced by ours now, as ``module.name``."""
+    with lock:
+        return [f"{p.module.__name__}.{p.name}" for p in _patches if p.original is fn
+                and object.__getattribute__(p.module, "__dict__").get(p.name) is p.replacement]
 
 
 def unpatch_triton_kernels() -> None:

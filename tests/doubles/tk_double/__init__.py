@@ -5,8 +5,10 @@ public API (module paths, ``matmul_ogs`` / ``matmul`` signatures, ``OptFlags`` f
 functions); every body is the double's own. It computes through resilient_moe's builtin kernel with
 the tile its flags chose, so an over-limit tile fails with a real OutOfResources (see core.py).
 
-``installed(flavor)`` puts one flavor into ``sys.modules`` under upstream's real module names and
-takes it out again (restoring whatever was there, a real upstream included):
+``installed(flavor, root)`` puts one flavor into ``sys.modules`` under upstream's real module names
+(below ``root``: ``triton_kernels``, or a vendored copy's ``vllm.third_party.triton_kernels``, whose
+parents are then empty stand-in packages) and takes it out again (restoring whatever was there, a real
+upstream included):
 
 - ``"dict"`` (v3.5-like): ``triton_kernels.matmul_ogs`` + ``matmul_ogs_details.opt_flags`` with a
   module-level constraints dict, + ``triton_kernels.routing``;
@@ -70,6 +72,7 @@ class Routed:
 class Installed:
     flavor: str
     modules: dict[str, types.ModuleType]
+    root: str = "triton_kernels"
 
     @property
     def entry(self) -> str:
@@ -77,7 +80,7 @@ class Installed:
 
     @property
     def public(self) -> types.ModuleType:
-        return self.modules[f"triton_kernels.{self.entry}"]
+        return self.modules[f"{self.root}.{self.entry}"]
 
     @property
     def fn(self) -> Any:
@@ -86,7 +89,7 @@ class Installed:
     @property
     def opt_flags(self) -> types.ModuleType:
         details = "matmul_details" if self.flavor == "scoped" else "matmul_ogs_details"
-        return self.modules[f"triton_kernels.{details}.opt_flags"]
+        return self.modules[f"{self.root}.{details}.opt_flags"]
 
     def constraints(self) -> dict[str, Any]:
         """The constraints in force in this context."""
@@ -107,8 +110,9 @@ class Installed:
         return (x, w, bias, routing), {**index, **({} if out is None else {"y": out})}
 
 
-def _owned(name: str) -> bool:
-    return name == "triton_kernels" or name.startswith("triton_kernels.")
+def _owned(name: str, root: str) -> bool:
+    top = root.partition(".")[0]
+    return name == top or name.startswith(top + ".")
 
 
 def _load(name: str, file: str | None) -> types.ModuleType:
@@ -129,16 +133,23 @@ def _load(name: str, file: str | None) -> types.ModuleType:
 
 
 @contextlib.contextmanager
-def installed(flavor: str) -> Iterator[Installed]:
-    """Fresh modules of one flavor under upstream's names for the block; all removed afterwards."""
-    saved = {name: module for name, module in sys.modules.items() if _owned(name)}
-    for name in saved:
-        del sys.modules[name]
+def installed(flavor: str, root: str = "triton_kernels", keep: bool = False) -> Iterator[Installed]:
+    """Fresh modules of one flavor under upstream's names below ``root`` for the block; all removed
+    afterwards. ``keep`` leaves other copies (and other roots) installed beside it."""
+    saved = {name: module for name, module in sys.modules.items() if _owned(name, root)}
+    if not keep:
+        for name in saved:
+            del sys.modules[name]
     core.reset()
+    parents = [root.rsplit(".", depth)[0] for depth in range(root.count("."), 0, -1)]
     try:
-        yield Installed(flavor, {name: _load(name, file) for name, file in LAYOUTS[flavor]})
+        for name in parents:
+            if name not in sys.modules:
+                _load(name, _PACKAGE)
+        names = [(root + name.removeprefix("triton_kernels"), file) for name, file in LAYOUTS[flavor]]
+        yield Installed(flavor, {name: _load(name, file) for name, file in names}, root)
     finally:
-        for name in [name for name in sys.modules if _owned(name)]:
+        for name in [name for name in sys.modules if _owned(name, root)]:
             del sys.modules[name]
         sys.modules.update(saved)
         core.reset()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from doubles.tk_double import core
 from doubles.tk_double.core import GatherIndx, RoutingData, ScatterIndx
-from triton_kernels.matmul_ogs_details.opt_flags import (
+from .matmul_ogs_details.opt_flags import (
     InapplicableConstraint,
     make_opt_flags,
     update_opt_flags_constraints,

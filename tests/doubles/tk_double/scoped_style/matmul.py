@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from doubles.tk_double import core
 from doubles.tk_double.core import RaggedTensorMetadata
-from triton_kernels.matmul_details.opt_flags import (
+from .matmul_details.opt_flags import (
     InapplicableConstraint,
     OptFlags,
     make_opt_flags,
