@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ._schema import power_of_two
+
 MAX_BLOCK = 1024
 """Largest block_m, block_n and block_k: every tile the kernel holds (block_m x block_k, block_k x block_n,
 block_m x block_n) then stays within the 2**20 elements Triton allows a tensor (TRITON_MAX_TENSOR_NUMEL)."""
@@ -25,8 +27,8 @@ def check_tile_field(field: str, value: object, name: str | None = None) -> int:
     name = name or field
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if field in _POWERS_OF_TWO and value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, got {value}")
+    if field in _POWERS_OF_TWO:
+        power_of_two(name, value)
     limit = _LIMITS.get(field)
     if limit is not None and value > limit:
         raise ValueError(f"{name} must be at most {limit}, got {value}")

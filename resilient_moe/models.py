@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from .policy import read_yaml
-
-Positive = Annotated[int, Field(gt=0)]
+from ._schema import Frozen, Positive, describe_invalid, read_yaml
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Routed(_Frozen):
+class _Routed(Frozen):
     """Fields every MoE GEMM has: how many experts, how many each token picks, and whether a bias is added."""
 
     experts: Positive
@@ -100,20 +87,9 @@ def load_shapes(path: str | os.PathLike[str]) -> tuple[Gemm, ...]:
             return MoeModel.model_validate(data).gemms()
         gemms = tuple(_GEMM_LIST.validate_python(data))
     except ValidationError as err:
-        raise ShapesError(f"{path}: invalid shapes\n" + "\n".join(_describe(e, data) for e in err.errors())) from None
+        raise ShapesError(describe_invalid(err, data, str(path), "shapes")) from None
     names = [g.name for g in gemms]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ShapesError(f"{path}: GEMM names must be unique, {repeated[0]!r} is used more than once")
     return gemms
-
-
-def _describe(error: Any, data: Any) -> str:
-    """One validation error as '  [1] (down).k = -5: Input should be greater than 0'."""
-    loc = error["loc"]
-    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "<root>"
-    if loc and isinstance(loc[0], int) and isinstance(data[loc[0]], dict) and "name" in data[loc[0]]:
-        field = field.replace(f"[{loc[0]}]", f"[{loc[0]}] ({data[loc[0]]['name']})", 1)
-    if error["type"] == "missing":
-        return f"  {field}: missing"
-    return f"  {field} = {error.get('input')!r}: {error['msg']}"

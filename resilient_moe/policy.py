@@ -10,41 +10,28 @@ import functools
 import hashlib
 import importlib.resources
 import os
-import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from ._schema import Frozen, Positive, describe_invalid, power_of_two, read_yaml, short
 from .config import check_tile_field
 
 POLICY_ENV = "RESILIENT_MOE_POLICY"
 
 Move = Literal["block_n", "block_m", "block_k", "num_stages", "num_warps"]
 Resource = Literal["shared memory", "threads", "tensor memory"]
-Positive = Annotated[int, Field(gt=0)]  # powers of two are checked by the validators below
 
 
-def _power_of_two(name: str, value: int) -> int:
-    if value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, got {value}")
-    return value
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Ladder(_Frozen):
+class Ladder(Frozen):
     """How rungs are generated from the default tile (see ``ladder.py``)."""
 
     order: tuple[Move, ...] = ("num_stages", "block_n", "block_m")  # keeps the MMA tile (docs/design.md, "Ladder")
@@ -71,16 +58,16 @@ class Ladder(_Frozen):
 
     @field_validator("factor")
     @classmethod
-    def _pow2(cls, value: int, info) -> int:
-        return _power_of_two(info.field_name, value)
+    def _pow2(cls, value: int, info: ValidationInfo) -> int:
+        return power_of_two(info.field_name, value)
 
     @field_validator("min_block_n", "min_block_m", "min_block_k", "min_num_stages", "min_num_warps")
     @classmethod
-    def _floor_fits_triton(cls, value: int, info) -> int:
+    def _floor_fits_triton(cls, value: int, info: ValidationInfo) -> int:
         return check_tile_field(info.field_name.removeprefix("min_"), value, info.field_name)
 
 
-class TileFields(_Frozen):
+class TileFields(Frozen):
     """A partial tile: the fields it names override, the others stay as they were."""
 
     block_m: Positive | None = None
@@ -93,7 +80,7 @@ class TileFields(_Frozen):
 
     @field_validator("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages")
     @classmethod
-    def _fits_triton(cls, value: int | None, info) -> int | None:
+    def _fits_triton(cls, value: int | None, info: ValidationInfo) -> int | None:
         """What TileConfig accepts, checked at load: an absurd tile must not reach the first call's compile."""
         return None if value is None else check_tile_field(info.field_name, value)
 
@@ -101,7 +88,7 @@ class TileFields(_Frozen):
         return self.model_dump(exclude_none=True)
 
 
-class ArchSection(_Frozen):
+class ArchSection(Frozen):
     """Per-chip overrides: ``default`` replaces the heuristic's tile, ``pin`` holds fields on every rung."""
 
     default: TileFields = TileFields()
@@ -116,7 +103,7 @@ def _default_triggers() -> dict[Resource, tuple[Move, ...]]:
     }
 
 
-class Policy(_Frozen):
+class Policy(Frozen):
     """What the dispatcher does when a tile does not fit."""
 
     version: Literal[1] = 1
@@ -143,7 +130,7 @@ class Policy(_Frozen):
 
         unknown = [name for name in self.arch if name not in CHIPS and name != "interpreter"]
         if unknown:
-            raise ValueError(f"arch: unknown chip {_short(unknown[0])}; known: {', '.join(CHIPS)}")
+            raise ValueError(f"arch: unknown chip {short(unknown[0])}; known: {', '.join(CHIPS)}")
         return self
 
     @functools.cached_property
@@ -164,83 +151,6 @@ class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file, the field and the value."""
 
 
-MAX_YAML_BYTES = 1 << 20
-"""Largest policy or shapes file read (the shipped ones are under 2 KB): a path like /dev/zero must not hang."""
-MAX_YAML_NODES = 100_000
-"""Most nodes a file may expand to, each alias counted at each use: about 1 KB of aliases expands to
-10**9 strings, which validation and its error message would walk."""
-MAX_YAML_DEPTH = 32
-"""Deepest nesting (the shipped files nest 4 levels): 1000 levels overflowed the YAML composer's recursion."""
-
-
-class YAMLBoundError(yaml.MarkedYAMLError):
-    """A YAML document over one of the bounds above."""
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a document over MAX_YAML_DEPTH or MAX_YAML_NODES while composing it,
-    before anything is built from it. Each node's expanded size and depth are kept by its id, so an
-    alias costs a lookup, not a walk."""
-
-    def __init__(self, stream: bytes) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth), aliases expanded
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        mark = self.peek_event().start_mark
-        if self.check_event(yaml.AliasEvent):
-            node = super().compose_node(parent, index)
-            if id(node) not in self._expanded:  # its node is still being composed
-                raise YAMLBoundError(None, None, "an alias refers to a node that contains it", mark)
-            return node
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise YAMLBoundError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
-            node = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        self._expanded[id(node)] = self._measure(node, mark)
-        return node
-
-    def _measure(self, node: yaml.Node, mark: yaml.Mark) -> tuple[int, int]:
-        """Nodes and depth of ``node`` with its aliases expanded, from its children's (composed before it)."""
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        sizes = [self._expanded[id(child)] for child in children]
-        nodes = 1 + sum(n for n, _ in sizes)
-        depth = 1 + max((d for _, d in sizes), default=0)
-        if nodes > MAX_YAML_NODES:
-            raise YAMLBoundError(None, None, f"expands to more than {MAX_YAML_NODES} nodes (aliases?)", mark)
-        if depth > MAX_YAML_DEPTH:
-            raise YAMLBoundError(None, None, f"expands deeper than {MAX_YAML_DEPTH} levels (aliases?)", mark)
-        return nodes, depth
-
-
-def read_yaml(path: Path, what: str, error: type[ValueError]) -> Any:
-    """A YAML file's data; an unreadable, malformed or oversized file raises ``error`` naming the file.
-    Bytes go to the parser undecoded: invalid UTF-8 is then a YAML error with its position."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_YAML_BYTES + 1)
-    except OSError as err:
-        raise error(f"{path}: cannot read {what}: {err.strerror or err}") from err
-    if len(raw) > MAX_YAML_BYTES:
-        raise error(f"{path}: not a {what}: larger than {MAX_YAML_BYTES} bytes")
-    try:
-        return yaml.load(raw, Loader=_BoundedLoader)
-    except YAMLBoundError as err:
-        raise error(f"{path}: not a {what}: {err}") from None
-    except yaml.YAMLError as err:
-        raise error(f"{path}: not valid YAML: {err}") from err
-    except ValueError as err:  # a scalar the constructor cannot build: a date like 2001-13-45, 5000 digits
-        raise error(f"{path}: not valid YAML: {_short(str(err))}") from err
-
-
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate a policy YAML file."""
     return parse_policy(read_yaml(Path(path), "policy", PolicyError), source=str(path))
@@ -253,29 +163,7 @@ def parse_policy(data: object, source: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as err:
-        errors = err.errors()
-        lines = [
-            f"  {'.'.join(_short(p, quoted=False) for p in e['loc']) or '<root>'} = {_short(e.get('input'))}: "
-            f"{_short(e['msg'], quoted=False, limit=300)}"
-            for e in errors[:MAX_LISTED]
-        ]
-        if len(errors) > MAX_LISTED:
-            lines.append(f"  ... and {len(errors) - MAX_LISTED} more")
-        raise PolicyError(f"{source}: invalid policy\n" + "\n".join(lines)) from None
-
-
-MAX_LISTED = 10
-"""Errors a PolicyError lists; the rest are counted."""
-
-_repr = reprlib.Repr()  # keyword arguments only from Python 3.12
-_repr.maxlevel, _repr.maxtuple, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 3, 4, 4, 4, 60, 60
-
-
-def _short(value: object, quoted: bool = True, limit: int = 80) -> str:
-    """A bad value as an error shows it: its repr (or text), cut to ``limit`` characters, however large it is
-    (reprlib never builds a whole repr of a large container)."""
-    text = _repr.repr(value) if quoted else str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        raise PolicyError(describe_invalid(err, data, source, "policy")) from None
 
 
 def shipped_policy(name: str) -> Path:
