@@ -159,6 +159,9 @@ COMPILE_TIMEOUT_ENV = "RESILIENT_MOE_COMPILE_TIMEOUT"
 DEFAULT_COMPILE_TIMEOUT_S = 300.0
 """A compile of the builtin kernel takes seconds; one past five minutes is stuck (10**6 pipeline stages,
 before policies bounded them, kept a compile going for over five minutes)."""
+START_TIMEOUT_S = 120.0
+"""How long a new worker may take to import Triton and say it is ready (not counted in a compile's time)."""
+READY = "resilient_moe.worker ready"
 CLOSE_GRACE_S = 5.0
 """How long a closing worker may take to finish and exit before it is killed."""
 
@@ -228,10 +231,25 @@ class Worker:
             proc.wait()
 
         threading.Thread(target=start_and_wait, name="resilient_moe-compile-worker", daemon=True).start()
-        return started.result()
+        proc = started.result()
+        timer = threading.Timer(START_TIMEOUT_S, proc.kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            said = pickle.load(proc.stdout)  # type: ignore[arg-type]
+        except (EOFError, OSError, pickle.UnpicklingError) as err:
+            _discard(proc)
+            raise RuntimeError(f"resilient_moe compile worker did not start within {START_TIMEOUT_S:g} s (see its stderr)") from err
+        finally:
+            timer.cancel()
+        if said != READY:
+            _discard(proc)
+            raise RuntimeError(f"resilient_moe compile worker sent {said!r} before it was ready")
+        return proc
 
     def compile(self, job: CompileJob) -> Compiled:
-        """The job's measurement from the worker; a TimeoutError (the worker killed) past the compile timeout."""
+        """The job's measurement from the worker; a TimeoutError (the worker killed) past the compile
+        timeout, counted from when the worker is ready."""
         seconds = compile_timeout()
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
@@ -317,4 +335,8 @@ def main() -> None:
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the compiler's prints must not corrupt the protocol on stdout
     sys.stdout = sys.stderr
+    import triton.compiler  # noqa: F401  (before "ready": start-up is not a compile's time)
+
+    pickle.dump(READY, protocol)
+    protocol.flush()
     _serve(sys.stdin.buffer, protocol)
