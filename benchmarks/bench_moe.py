@@ -359,8 +359,8 @@ def _recover(case: Case, policies: dict[str, Any], arch: str) -> dict[str, Any]:
     from triton.runtime.errors import OutOfResources
 
     import resilient_moe as rm
-    from resilient_moe import events
     from resilient_moe.backends.builtin.launch import prepare
+    from resilient_moe.testing import capture
 
     label, mode, k, n = case.gemms()[0]
     routing = rm.route(logits_for(case, False), case.top_k)
@@ -372,7 +372,7 @@ def _recover(case: Case, policies: dict[str, Any], arch: str) -> dict[str, Any]:
     for ladder, policy in policies.items():
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with events.capture() as log:
+        with capture() as log:
             y = rm.moe_matmul(x, w, routing, mode, policy=policy)
         torch.cuda.synchronize()
         first_call_s = time.perf_counter() - t0
@@ -405,9 +405,9 @@ def _recover(case: Case, policies: dict[str, Any], arch: str) -> dict[str, Any]:
 
 RESTART_SCRIPT = """
 import json, sys, time, torch, resilient_moe as rm
-from resilient_moe import events
 from resilient_moe.policy import parse_policy
 from resilient_moe.targets import placement
+from resilient_moe.testing import capture
 default, skip = eval(sys.argv[1]), sys.argv[2] == "1"
 policy = parse_policy({"version": 1, "ladder": {"skip_predicted": skip}, "arch": {placement().arch: {"default": default}}})
 g = torch.Generator(device="cuda").manual_seed(0)
@@ -415,7 +415,7 @@ routing = rm.route(torch.randn(4096, 128, device="cuda", generator=g), 4)
 x = torch.randn(4096, 2880, device="cuda", dtype=torch.bfloat16)
 w = torch.randn(128, 2880, 5760, device="cuda", dtype=torch.bfloat16)
 torch.cuda.synchronize()
-with events.capture() as log:
+with capture() as log:
     t1 = time.perf_counter()
     rm.moe_matmul(x, w, routing, "gather", policy=policy)
     torch.cuda.synchronize()

@@ -11,6 +11,7 @@ Event names are stable identifiers; their fields are documented in docs/events.m
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -18,10 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import structlog
-from structlog.testing import LogCapture
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .config import TILE_FIELDS, TileConfig
+from .testing import capture as capture  # documented as events.capture in docs/events.md; lives in testing.py
 
 LOGGER_NAME = "resilient_moe"
 FORMAT_ENV = "RESILIENT_MOE_LOG_FORMAT"
@@ -49,22 +50,40 @@ def _render(_: WrappedLogger, __: str, event_dict: EventDict) -> tuple[tuple[str
     return (text,), {"extra": {"resilient_moe": fields}}
 
 
-_pipeline: list[Any] = [structlog.stdlib.filter_by_level, structlog.stdlib.add_log_level, _render]
+_muted: contextvars.ContextVar[bool] = contextvars.ContextVar("resilient_moe_events_muted", default=False)
+
+
+def _drop_muted(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    if _muted.get():
+        raise structlog.DropEvent
+    return event_dict
+
+
+_pipeline: list[Any] = [_drop_muted, structlog.stdlib.filter_by_level, structlog.stdlib.add_log_level, _render]
 _log = structlog.wrap_logger(
     logging.getLogger(LOGGER_NAME), processors=_pipeline, wrapper_class=structlog.stdlib.BoundLogger
 )
 
 
 @contextlib.contextmanager
-def capture() -> Iterator[list[EventDict]]:
-    """Collect emitted events as dicts (for tests), like ``structlog.testing.capture_logs``.
-
-    Every level is captured, whatever the stdlib logger's level. Not thread-safe."""
-    cap = LogCapture()
-    saved = _pipeline.copy()
-    _pipeline[:] = [cap]
+def muted() -> Iterator[None]:
+    """Drop the events emitted inside (in this thread or task only): for decisions that are simulations,
+    like preflight's resolves for a chip that is not here, so logs count only real downgrades."""
+    token = _muted.set(True)
     try:
-        yield cap.entries
+        yield
+    finally:
+        _muted.reset(token)
+
+
+@contextlib.contextmanager
+def _sent_to(processor: Processor) -> Iterator[None]:
+    """Every event that is not muted, at every level, goes to ``processor`` instead of stdlib logging
+    (``resilient_moe.testing.capture``). The pipeline is process-global: not thread-safe."""
+    saved = _pipeline.copy()
+    _pipeline[:] = [_drop_muted, processor]
+    try:
+        yield
     finally:
         _pipeline[:] = saved
 

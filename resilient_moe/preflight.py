@@ -118,7 +118,7 @@ class Row:
 def settle(case: Case, cache: TilingCache) -> Row:
     """Resolve like a server's first call, with an attempt that compiles for the chip and never runs.
 
-    The events of this resolve are simulations, so they are captured: logs keep counting only real
+    The events of this resolve are simulations, so they are muted: logs keep counting only real
     downgrades. A winner that could not be written is an error here, since writing it is the point."""
     from . import events, virtual
     from .dispatch import LadderExhaustedError, resolve
@@ -132,7 +132,7 @@ def settle(case: Case, cache: TilingCache) -> Row:
         return config
 
     key = case.call.key
-    with events.capture():
+    with events.muted():
         cached = cache.lookup(key) is not None
         try:
             chosen, resolution = resolve(key, attempt, lambda: case.call, case.policy, cache, reference=lambda: None)

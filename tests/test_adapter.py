@@ -21,11 +21,12 @@ from doubles import tk_double
 from doubles.tk_double import core
 
 import resilient_moe as rm
-from resilient_moe import events, policy
+from resilient_moe import policy
 from resilient_moe.backends.triton_kernels import upstream as adapter
 from resilient_moe.cache import default_cache
 from resilient_moe.config import TILE_FIELDS
 from resilient_moe.policy import POLICY_ENV
+from resilient_moe.testing import capture
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -83,7 +84,7 @@ def test_same_result_and_flags_as_upstream_when_nothing_fails(tk) -> None:
     x, w, routed = problem(tk)
     args, kwargs = tk.call(x, w, None, routed, "gather")
     direct = tk.fn(*args, **kwargs)
-    with events.capture() as logs:
+    with capture() as logs:
         first = ours(tk)(*args, **kwargs)
         second = ours(tk)(*args, **kwargs)
     assert torch.equal(first, direct) and torch.equal(second, direct)
@@ -110,7 +111,7 @@ def test_over_limit_default_recovers_and_keeps_constraints(tk, target, use_polic
     tk.opt_flags.update_opt_flags_constraints({"split_k": 1})
     x, w, routed = problem(tk)
     args, kwargs = tk.call(x, w, None, routed, "gather")
-    with events.capture() as logs:
+    with capture() as logs:
         out = ours(tk)(*args, **kwargs)
     if INTERPRET:  # on a GPU machine the attempts compile for gfx950 and launch nothing (virtual/driver.py)
         torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routed.moe, "gather"), atol=2e-2, rtol=2e-2)
@@ -129,7 +130,7 @@ def test_non_oom_errors_propagate_unchanged(tk) -> None:
     x, w, routed = problem(tk, tokens=4)
     bad_bias = torch.zeros(E, N + 1, dtype=torch.float16, device=DEVICE)  # the launch rejects it: a ValueError
     args, kwargs = tk.call(x, w, bad_bias, routed, "gather")
-    with events.capture() as logs, pytest.raises(ValueError, match="bias.shape"):
+    with capture() as logs, pytest.raises(ValueError, match="bias.shape"):
         ours(tk)(*args, **kwargs)
     tk.opt_flags.update_opt_flags_constraints({"warp_specialize": True})  # unknown to the heuristic
     args, kwargs = tk.call(x, w, None, routed, "gather")
@@ -194,7 +195,7 @@ def test_patch_and_unpatch_swap_and_restore_consumer_names(tk, monkeypatch) -> N
     assert bystander.matmul_ogs is len and bystander.matmul is len
     x, w, routed = problem(tk, tokens=4)
     args, kwargs = tk.call(x, w, None, routed, "gather")
-    with events.capture() as logs:
+    with capture() as logs:
         patched = getattr(consumer, tk.entry)(*args, **kwargs)  # through the dispatcher, not recursing
     assert [e["event"] for e in logs] == ["tiling.selected"]
     assert torch.equal(patched, upstream_fn(*args, **kwargs))

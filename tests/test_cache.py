@@ -8,9 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from resilient_moe import events
 from resilient_moe.cache import FORMAT, REFERENCE, TilingCache, key_text
 from resilient_moe.config import TileConfig
+from resilient_moe.testing import capture
 
 CONFIG = TileConfig(64, 128, 64, group_m=8, num_warps=4, num_stages=3)
 KEY = ("resilient_moe.moe_matmul", "gather", "gfx950", 4096, 7168)
@@ -20,7 +20,7 @@ def test_winner_survives_a_new_cache_object(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     TilingCache(path).record(KEY, CONFIG, [{"config": CONFIG.as_dict()}])
     fresh = TilingCache(path)
-    with events.capture() as logs:
+    with capture() as logs:
         assert fresh.lookup(KEY) == CONFIG
         assert fresh.lookup(KEY) == CONFIG
     assert [e["event"] for e in logs] == ["tiling.cache_hit"]  # once per key and process
@@ -36,7 +36,7 @@ def test_corrupt_file_is_set_aside_with_a_warning_and_rebuilt(tmp_path: Path) ->
     path = tmp_path / "c.json"
     path.write_text('{"format": "resilient_moe.tiling", "version": 1, "entries": {"trunc')
     cache = TilingCache(path)
-    with events.capture() as logs:
+    with capture() as logs:
         assert cache.lookup(KEY) is None
     (warning,) = logs
     assert warning["event"] == "cache.corrupt" and warning["log_level"] == "warning"
@@ -49,7 +49,7 @@ def test_corrupt_file_is_set_aside_with_a_warning_and_rebuilt(tmp_path: Path) ->
 def test_foreign_json_is_not_trusted(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"entries": {key_text(KEY): {"config": CONFIG.as_dict()}}}))
-    with events.capture() as logs:
+    with capture() as logs:
         assert TilingCache(path).lookup(KEY) is None
     assert logs[0]["event"] == "cache.corrupt"
 
@@ -58,7 +58,7 @@ def test_bad_entry_is_ignored_not_fatal(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     bad = {"config": {"block_m": 48, "block_n": 64, "block_k": 64, "group_m": 8, "num_warps": 4, "num_stages": 2}}
     path.write_text(json.dumps({"format": FORMAT, "version": 1, "entries": {key_text(KEY): bad}}))
-    with events.capture() as logs:
+    with capture() as logs:
         assert TilingCache(path).lookup(KEY) is None
     assert "power of two" in logs[0]["error"]
 
@@ -67,7 +67,7 @@ def test_unwritable_directory_keeps_the_winner_in_memory(tmp_path: Path) -> None
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     cache = TilingCache(blocker / "c.json")
-    with events.capture() as logs:
+    with capture() as logs:
         cache.record(KEY, CONFIG, [])
     assert cache.lookup(KEY) == CONFIG
     assert logs[0]["event"] == "cache.write_failed"

@@ -14,7 +14,7 @@ from conftest import OVER_GFX950, TOP_K, E, K, N, T, policy_with, problem
 from triton.compiler.errors import CompilationError
 
 import resilient_moe as rm
-from resilient_moe import events, virtual
+from resilient_moe import virtual
 from resilient_moe.backends.builtin import moe_matmul as builtin
 from resilient_moe.backends.builtin.launch import prepare
 from resilient_moe.backends.builtin.smem import lower_bound
@@ -24,13 +24,14 @@ from resilient_moe.dispatch import ROUNDS
 from resilient_moe.ladder import rungs
 from resilient_moe.policy import parse_policy
 from resilient_moe.targets import chip
+from resilient_moe.testing import capture
 
 
 def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, fits_calls) -> None:
     target("gfx950")
     x, w, routing = problem()
     policy = policy_with("gfx950", OVER_GFX950)
-    with events.capture() as logs:
+    with capture() as logs:
         out = moe_matmul(x, w, routing, "gather", policy=policy)
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
 
@@ -54,7 +55,7 @@ def test_every_rung_out_of_resources_raises_ladder_exhausted(target) -> None:
     target("gfx942")  # 64 KiB of LDS
     x, w, routing = problem()
     policy = policy_with("gfx942", OVER_GFX950, ladder={"order": ["block_n"], "min_block_n": 128})
-    with events.capture() as logs, pytest.raises(rm.LadderExhaustedError) as err:
+    with capture() as logs, pytest.raises(rm.LadderExhaustedError) as err:
         moe_matmul(x, w, routing, "gather", policy=policy)
     attempts = err.value.attempts
     assert [a.config.block_n for a in attempts] == [256, 128]
@@ -68,7 +69,7 @@ def test_exhausted_with_reference_policy_falls_back_and_remembers(target, fits_c
     x, w, routing = problem()
     policy = policy_with("gfx942", OVER_GFX950, ladder={"order": ["block_n"], "min_block_n": 128}, on_exhausted="reference")
     expected = rm.moe_matmul_reference(x, w, routing, "gather")
-    with events.capture() as logs:
+    with capture() as logs:
         torch.testing.assert_close(moe_matmul(x, w, routing, "gather", policy=policy), expected)
     assert any(e["event"] == "tiling.exhausted" and e["log_level"] == "error" for e in logs)
     compiled = len(fits_calls)
@@ -80,7 +81,7 @@ def test_non_oom_compile_error_propagates_unchanged(target) -> None:
     target("sm_90")
     x, w, routing = problem()
     policy = policy_with("sm_90", {"block_k": 8})  # tl.dot needs K >= 16: a CompilationError, not an OOM
-    with events.capture() as logs, pytest.raises(CompilationError):
+    with capture() as logs, pytest.raises(CompilationError):
         moe_matmul(x, w, routing, "gather", policy=policy)
     assert not [e for e in logs if e["event"] == "tiling.downgrade"]
 
@@ -99,7 +100,7 @@ def test_second_identical_call_hits_the_cache_and_compiles_nothing(target, fits_
     first = moe_matmul(x, w, routing, "gather", policy=policy)
     compiled = len(virtual._measured)
     assert fits_calls and compiled >= 1
-    with events.capture() as logs:
+    with capture() as logs:
         second = moe_matmul(x, w, routing, "gather", policy=policy)
     assert len(virtual._measured) == compiled and logs == []  # the winner's fit check is memoized
     torch.testing.assert_close(first, second)
@@ -113,7 +114,8 @@ def test_fresh_process_reads_the_persisted_winner(target, cache_dir) -> None:
     moe_matmul(x, w, routing, "gather", policy=rm.load_policy(policy_file))
     script = textwrap.dedent(f"""
         import resilient_moe as rm, torch
-        from resilient_moe import events, virtual
+        from resilient_moe import virtual
+        from resilient_moe.testing import capture
         calls = []
         real = virtual.fits
         virtual.fits = lambda *a: calls.append(a) or real(*a)
@@ -123,7 +125,7 @@ def test_fresh_process_reads_the_persisted_winner(target, cache_dir) -> None:
         x = torch.randn({T}, {K}, generator=g, dtype=torch.float16).to(device)
         w = (torch.randn({E}, {K}, {N}, generator=g) / 8).to(device, torch.float16)
         routing = rm.route(torch.randn({T}, {E}, generator=g).to(device), {TOP_K})
-        with events.capture() as logs:
+        with capture() as logs:
             rm.moe_matmul(x, w, routing, "gather", policy=rm.load_policy({str(policy_file)!r}))
         print([e["event"] for e in logs], len(calls))
     """)
@@ -146,7 +148,7 @@ def _resolve(arch: str, skip_predicted: bool, fits_calls: list[str]) -> tuple[di
     x, w, routing = problem()
     policy = policy_with(arch, PREDICTED_OVER[arch], ladder={"skip_predicted": skip_predicted})
     fits_calls.clear()
-    with events.capture() as logs:
+    with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     (entry,) = [e for k, e in default_cache().entries().items() if policy.fingerprint in k]
@@ -188,7 +190,7 @@ def test_a_rung_predicted_over_the_limit_is_never_compiled(target, monkeypatch) 
     monkeypatch.setattr(virtual, "fits", recording)
     x, w, routing = problem()
     policy = policy_with("gfx942", OVER_GFX950, ladder={"order": ["block_n"], "min_block_n": 128})
-    with events.capture() as logs, pytest.raises(rm.LadderExhaustedError) as err:
+    with capture() as logs, pytest.raises(rm.LadderExhaustedError) as err:
         moe_matmul(x, w, routing, "gather", policy=policy)
     assert compiled == []
     attempts = err.value.attempts
@@ -223,7 +225,7 @@ def test_compare_keeps_the_fastest_of_the_landing_tile_and_the_rungs_below(compa
     monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed))
     x, w, routing = problem()
     policy = policy_with("gfx950", OVER_GFX950, ladder={"compare": compare})
-    with events.capture() as logs:
+    with capture() as logs:
         out = moe_matmul(x, w, routing, "gather", policy=policy)
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
@@ -237,7 +239,7 @@ def test_compare_keeps_the_fastest_of_the_landing_tile_and_the_rungs_below(compa
     assert selected["config"] == below[0].as_dict()
     assert [(c["config"]["num_stages"], c["ms"]) for c in selected["compared"]] == [(3, 2.0), (2, 1.0), (1, 3.0)]
     timed.clear()
-    with events.capture() as logs:
+    with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy)
     assert timed == [] and [e["event"] for e in logs] == []  # the fastest is the cached winner
 
@@ -245,7 +247,7 @@ def test_compare_keeps_the_fastest_of_the_landing_tile_and_the_rungs_below(compa
 def test_compare_without_a_timer_keeps_the_landing_tile(target) -> None:
     target("gfx950")  # the interpreter and virtual chips have no timer: nothing is timed
     x, w, routing = problem()
-    with events.capture() as logs:
+    with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy_with("gfx950", OVER_GFX950, ladder={"compare": 2}))
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert selected["config"]["num_stages"] == 3 and "compared" not in selected
@@ -266,7 +268,7 @@ def test_a_persistent_tile_that_fits_at_once_is_timed_against_its_one_tile_form_
     section = {"default": PERSISTENT_SMALL, **({"pin": {"is_persistent": True}} if "pin" in setting else {})}
     ladder = {"compare_forms": setting.split(",")[0]}
     policy = parse_policy({"version": 1, "ladder": ladder, "arch": {"sm_90": section}})
-    with events.capture() as logs:
+    with capture() as logs:
         out = moe_matmul(x, w, routing, "gather", policy=policy)
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
@@ -290,7 +292,7 @@ def test_a_recovery_times_the_landing_tile_its_one_tile_form_and_the_rung_below(
     monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed, lambda c: c.num_stages if c.is_persistent else 0.5))
     x, w, routing = problem()
     over = {"block_m": 64, "block_n": 256, "block_k": 128, "num_stages": 4, "is_persistent": True}  # s3: 245760 B
-    with events.capture() as logs:  # the shipped default: compare 1, compare_forms recovery
+    with capture() as logs:  # the shipped default: compare 1, compare_forms recovery
         moe_matmul(x, w, routing, "gather", policy=policy_with("sm_90", over, ladder={"trim_block_m": False}))
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     landed = rm.TileConfig(64, 256, 128, group_m=8, num_warps=4, num_stages=2, is_persistent=True)
@@ -305,7 +307,7 @@ def test_a_one_tile_tile_that_fits_is_not_timed(target, monkeypatch) -> None:
     monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed))
     x, w, routing = problem()
     policy = policy_with("sm_90", {**PERSISTENT_SMALL, "is_persistent": False}, ladder={"compare_forms": "always"})
-    with events.capture() as logs:
+    with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert timed == [] and "compared" not in selected
@@ -318,7 +320,7 @@ def test_compare_forms_times_both_kernels_on_an_sm_90_gpu() -> None:
     if placement().arch not in ("sm_90", "sm_90a"):
         pytest.skip(f"the persistent kernel is measured on sm_90, this GPU is {placement().arch}")
     x, w, routing = problem()
-    with events.capture() as logs:
+    with capture() as logs:
         policy = policy_with(placement().arch, PERSISTENT_SMALL, ladder={"compare_forms": "always"})
         out = moe_matmul(x, w, routing, "gather", policy=policy)
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
@@ -335,7 +337,7 @@ def test_compare_times_real_launches_on_the_gpu() -> None:
     x, w, routing = problem()
     over = {"block_m": 128, "block_n": 256, "block_k": 128, "num_stages": 5}  # 491520 B on sm_90
     policy = policy_with(placement().arch, over, ladder={"compare": 1})
-    with events.capture() as logs:
+    with capture() as logs:
         out = moe_matmul(x, w, routing, "gather", policy=policy)
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]

@@ -6,6 +6,7 @@ import json
 import logging
 
 from resilient_moe import events
+from resilient_moe.testing import capture
 
 
 def test_events_reach_stdlib_logging_with_fields(caplog) -> None:
@@ -30,3 +31,17 @@ def test_levels_filter_before_rendering(caplog) -> None:
     with caplog.at_level(logging.INFO, logger=events.LOGGER_NAME):
         events.cache_hit(key="k")
     assert caplog.records == []
+
+
+def test_muted_events_reach_neither_logging_nor_capture(caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger=events.LOGGER_NAME), capture() as logs:
+        with events.muted():
+            events.downgrade(required=1, limit=0)
+        events.selected(config={"block_m": 64})
+    assert [e["event"] for e in logs] == ["tiling.selected"] and caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger=events.LOGGER_NAME):
+        with events.muted():
+            events.selected(config={"block_m": 64})
+        events.cache_hit(key="k")
+    assert [r.resilient_moe["event"] for r in caplog.records] == ["tiling.cache_hit"]
+    assert events.capture is capture  # the name docs/events.md has always given

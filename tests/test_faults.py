@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import resilient_moe as rm
-from resilient_moe import cache, cli, events
+from resilient_moe import cache, cli
 from resilient_moe.cache import FORMAT, REFERENCE, TilingCache, key_text
 from resilient_moe.config import TileConfig
 from resilient_moe.policy import (
@@ -42,6 +42,7 @@ from resilient_moe.policy import (
     parse_policy,
 )
 from resilient_moe.targets import CHIPS
+from resilient_moe.testing import capture
 from resilient_moe.virtual.worker import CompileJob, Worker
 
 from conftest import OVER_GFX950, policy_with, problem
@@ -98,7 +99,7 @@ def test_cache_file_of_bad_bytes_is_set_aside_and_rebuilt(tmp_path: Path, conten
     path = tmp_path / "c.json"
     path.write_bytes(content)
     fresh = TilingCache(path)
-    with events.capture() as logs:
+    with capture() as logs:
         assert fresh.lookup(KEY) is None
     (warning,) = logs
     assert warning["event"] == "cache.corrupt" and warning["action"] == "renamed"
@@ -136,7 +137,7 @@ def test_env_policy_of_bad_bytes_falls_back_to_the_default(
     path = tmp_path / "bad.yaml"
     path.write_bytes(content)
     monkeypatch.setenv(POLICY_ENV, str(path))
-    with events.capture() as logs:
+    with capture() as logs:
         assert active_policy() == Policy()
     assert [e["event"] for e in logs] == ["policy.invalid"] and str(path) in logs[0]["error"]
 
@@ -148,8 +149,9 @@ def test_alias_bomb_is_rejected_at_once_with_a_short_message(tmp_path: Path) -> 
     assert len(path.read_bytes()) < 1100
     script = textwrap.dedent(f"""
         import os, time
-        from resilient_moe import cli, events
+        from resilient_moe import cli
         from resilient_moe.policy import PolicyError, active_policy, load_policy, Policy
+        from resilient_moe.testing import capture
         start = time.perf_counter()
         try:
             load_policy({str(path)!r})
@@ -158,7 +160,7 @@ def test_alias_bomb_is_rejected_at_once_with_a_short_message(tmp_path: Path) -> 
         assert {str(path)!r} in message and len(message) < 1000, message
         assert cli.main(["policy", "check", {str(path)!r}]) == 1
         os.environ["RESILIENT_MOE_POLICY"] = {str(path)!r}
-        with events.capture() as logs:
+        with capture() as logs:
             assert active_policy() == Policy()
         assert [e["event"] for e in logs] == ["policy.invalid"]
         print(f"{{time.perf_counter() - start:.3f}}")
@@ -475,7 +477,7 @@ def test_sigkill_mid_write_leaves_a_parseable_file_and_only_stale_leftovers(tmp_
         time.sleep(rng.uniform(0.05, 0.3))
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=10)
-        with events.capture() as logs:
+        with capture() as logs:
             entries = TilingCache(path).entries()
         assert logs == [] and len(entries) >= recorded
         recorded = len(entries)
@@ -522,7 +524,7 @@ def _read_back(path: Path, content: bytes) -> None:
     ``cache show`` lists it, and a write after it is read back."""
     path.write_bytes(content)
     reader = TilingCache(path)
-    with events.capture() as logs:
+    with capture() as logs:
         found = reader.lookup(KEY)
     assert found is None or found == REFERENCE or isinstance(found, TileConfig)
     assert {e["event"] for e in logs} <= {"cache.corrupt", "tiling.cache_hit"}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import resilient_moe as rm
-from resilient_moe import events
 from resilient_moe.backends.builtin import launch
+from resilient_moe.testing import capture
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_zero_tokens_give_correctly_shaped_zeros_without_a_launch(mode: str, no_
     routing = rm.route(torch.randn(0, 4), 2)
     x = torch.randn(0, 32, dtype=torch.float16)
     w = torch.randn(4, 32, 64, dtype=torch.float16)
-    with events.capture() as logs:
+    with capture() as logs:
         y = rm.moe_matmul(x, w, routing, mode)
     assert y.shape == (0, 64) and y.dtype == torch.float16
     assert logs[0]["event"] == "moe.empty_input"
@@ -54,7 +54,7 @@ def test_cached_call_matches_reference_and_emits_nothing() -> None:
     w = (torch.randn(4, 32, 64, device=device) / 6).to(torch.float16)
     bias = torch.randn(4, 64, dtype=torch.float16, device=device)
     first = rm.moe_matmul(x, w, routing, "gather", bias)
-    with events.capture() as logs:
+    with capture() as logs:
         second = rm.moe_matmul(x, w, routing, "gather", bias)
     assert logs == []
     torch.testing.assert_close(second, first)

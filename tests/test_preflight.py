@@ -11,12 +11,13 @@ import yaml
 from conftest import OVER_GFX950, TOP_K, E, K, N, T, policy_with, problem
 
 import resilient_moe as rm
-from resilient_moe import events, preflight, virtual
+from resilient_moe import preflight, virtual
 from resilient_moe.backends.builtin.moe_matmul import moe_matmul
 from resilient_moe.cache import FILE_NAME, TilingCache
 from resilient_moe.cli import parser
 from resilient_moe.models import PRESETS, Gemm, ShapesError, load_shapes
 from resilient_moe.targets import chip
+from resilient_moe.testing import capture
 
 OVER_LIMIT = {  # a policy default each chip cannot hold, so the dispatcher really steps down
     "gfx950": OVER_GFX950,  # 196608 B of LDS > 163840
@@ -42,7 +43,7 @@ def test_preflight_chooses_what_the_runtime_dispatcher_chooses(arch, target) -> 
     target(arch)
     x, w, routing = problem()
     compiled = len(virtual._measured)
-    with events.capture() as logs:
+    with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert (selected["config"], selected["attempts"], selected["key"]) == (row.chosen.as_dict(), row.attempts, row.key)
@@ -67,7 +68,7 @@ def test_cache_written_by_preflight_spares_the_server_every_failing_compile(targ
     x, w_up, routing = problem()
     h = torch.randn(T * TOP_K, N // 2, dtype=torch.float16).to(x.device)
     w_down = (torch.randn(E, N // 2, K) / 8).to(x.device, torch.float16)
-    with events.capture() as logs:
+    with capture() as logs:
         moe_matmul(x, w_up, routing, "gather", policy=policy)
         moe_matmul(h, w_down, routing, "scatter", policy=policy)
     # Only each shipped winner's own fit check (a real chip compiles it at its first launch too): no

@@ -18,10 +18,11 @@ from conftest import OVER_GFX950, problem
 from doubles import tk_double
 
 import resilient_moe as rm
-from resilient_moe import events, settings
+from resilient_moe import settings
 from resilient_moe.backends.triton_kernels import upstream as adapter
 from resilient_moe.cache import FILE_NAME
 from resilient_moe.policy import POLICY_ENV
+from resilient_moe.testing import capture
 
 OVER = rm.TileConfig(**{**dict(group_m=8, num_warps=8), **OVER_GFX950})  # 196608 B of LDS > 163840
 
@@ -49,7 +50,7 @@ def test_the_builtin_drops_a_stale_winner_and_climbs_again(mode: str, target, ca
     expected = rm.moe_matmul(x, w, routing, mode)  # the shipped policy's own winner, which fits
     (key,) = edit_winners(cache_dir, OVER)
     rm.reset()  # a new process: the file is all it knows
-    with events.capture() as logs:
+    with capture() as logs:
         out = rm.moe_matmul(x, w, routing, mode)
     torch.testing.assert_close(out, expected)
     (stale,) = [e for e in logs if e["event"] == "cache.stale"]
@@ -60,7 +61,7 @@ def test_the_builtin_drops_a_stale_winner_and_climbs_again(mode: str, target, ca
     resolution = rm.resolution(x, w, routing, mode)
     assert resolution.origin == "ladder" and resolution.stale.config == OVER and resolution.winner.as_dict() == fitting
 
-    with events.capture() as logs:  # the new winner serves from now on
+    with capture() as logs:  # the new winner serves from now on
         rm.moe_matmul(x, w, routing, mode)
     assert [e["event"] for e in logs] == []
 
@@ -74,7 +75,7 @@ def test_a_stale_winner_equal_to_the_default_is_not_tried_twice(target, cache_di
     edit_winners(cache_dir, OVER)
     rm.reset()
     fits_calls.clear()
-    with events.capture() as logs:
+    with capture() as logs:
         rm.moe_matmul(x, w, routing, policy=policy)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert selected["attempts"] == 2  # the stale default, counted once, then the block_m cut that fits
@@ -99,7 +100,7 @@ def test_the_adapter_drops_a_stale_winner_and_climbs_again(tk, target, cache_dir
     expected = rm.matmul_ogs(*args, **kwargs)
     (key,) = edit_winners(cache_dir, OVER)
     rm.reset()
-    with events.capture() as logs:
+    with capture() as logs:
         out = rm.matmul_ogs(*args, **kwargs)
     torch.testing.assert_close(out, expected)
     (stale,) = [e for e in logs if e["event"] == "cache.stale"]
@@ -128,7 +129,7 @@ def test_on_the_gpu_a_stale_winner_raises_at_launch_and_is_replaced(cache_dir: P
     expected = rm.moe_matmul(x, w, routing)
     (key,) = edit_winners(cache_dir, rm.TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=5))
     rm.reset()
-    with events.capture() as logs:
+    with capture() as logs:
         out = rm.moe_matmul(x, w, routing)
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
     (stale,) = [e for e in logs if e["event"] == "cache.stale"]

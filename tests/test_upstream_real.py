@@ -25,8 +25,8 @@ _TAG = "v" + triton.__version__.split("+")[0]
 _PRELUDE = """
 import json, os, sys, torch
 import resilient_moe as rm
-from resilient_moe import events
 from resilient_moe.backends.triton_kernels import upstream as adapter
+from resilient_moe.testing import capture
 
 def finish(**result):
     print(json.dumps(result))
@@ -51,7 +51,7 @@ w2 = (torch.randn(E, N, K, device="cuda") / N**0.5).to(torch.bfloat16)
 rdata, gather, scatter = routing(torch.randn(T, E, device="cuda"), TOP_K)
 h_ref = upstream_matmul_ogs(x, w1, None, rdata, gather_indx=gather)
 y_ref = upstream_matmul_ogs(h_ref, w2, None, rdata, scatter_indx=scatter)
-with events.capture() as logs:
+with capture() as logs:
     h = rm.matmul_ogs(x, w1, None, rdata, gather_indx=gather)
     h_again = rm.matmul_ogs(x, w1, None, rdata, gather_indx=gather)  # the cached winner
     y = rm.matmul_ogs(h_ref, w2, None, rdata, scatter_indx=scatter)
@@ -66,7 +66,7 @@ x = torch.randn(T, K, device="cuda", dtype=torch.bfloat16)
 w = (torch.randn(E, K, N, device="cuda") / K**0.5).to(torch.bfloat16)
 rdata, gather, _ = routing(torch.randn(T, E, device="cuda"), TOP_K)
 reference = upstream_matmul_ogs(x, w, None, rdata, gather_indx=gather)
-with events.capture() as logs:
+with capture() as logs:
     out = rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)
 finish(close=torch.allclose(out.float(), reference.float(), atol=2e-2, rtol=2e-2),
        equal=torch.equal(out, reference), events=summary(logs))
@@ -86,7 +86,7 @@ data = json.loads(path.read_text())
 entry["config"] = {**entry["config"], "num_stages": 6}  # over the limit: a file written elsewhere
 path.write_text(json.dumps(data))
 rm.reset()  # as a new process: the file is all it knows
-with events.capture() as logs:
+with capture() as logs:
     out = rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)
 (written,) = json.loads(path.read_text())["entries"].values()
 finish(equal=torch.equal(out, reference), events=summary(logs), written=written["config"])
@@ -96,7 +96,7 @@ _PREFLIGHT = """
 E, M, K, N = 8, 2048, 1024, 4096  # 256 rows per expert: the CDNA4 default 128x512x64
 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
 w = torch.randn(E, K, N, device="cuda", dtype=torch.bfloat16)
-with events.capture() as logs:
+with capture() as logs:
     rm.matmul_ogs(x, w, None, None)  # compiled for gfx950, not run: outputs are not computed
 finish(events=summary(logs))
 """
