@@ -1,14 +1,15 @@
 """GPU checks of resilient_moe against upstream triton_kernels (v3.5.1 working copy on PYTHONPATH).
 
-    python benchmarks/upstream_checks.py --part same|recover|virtual --out DIR
+    python benchmarks/upstream_checks.py --part same|recover|constraints --out DIR
 
-same:    resilient_moe.matmul_ogs equals upstream matmul_ogs bit for bit when nothing fails (bf16),
-         and the host cost of the adapter on a cached call.
-recover: with RESILIENT_MOE_POLICY forcing num_stages=6 on this chip, upstream raises a real
-         OutOfResources and resilient_moe.matmul_ogs recovers (equal to upstream's own default).
-virtual: with RESILIENT_MOE_TARGET set (e.g. gfx950, TRITON_HIP_USE_ASYNC_COPY=1), the tiles upstream
-         picks for that chip, their bytes, and the rung the ladder lands on: preflight of upstream.
-Each part appends its result to DIR/upstream_<part>.json, tagged with the environment it ran under.
+same:        resilient_moe.matmul_ogs equals upstream bit for bit when nothing fails, for bf16, fp8
+             and MXFP4 weights (the layouts upstream makes for this chip), gather and scatter.
+recover:     with RESILIENT_MOE_POLICY forcing num_stages=8 on this chip, upstream under the same
+             stages raises a real OutOfResources and resilient_moe.matmul_ogs recovers, equal to
+             upstream's own default bit for bit (bf16 and MXFP4).
+constraints: a call under block_m=16 never receives the winner learned under block_m=128.
+Each part appends its result to DIR/upstream_<part>.json. Preflight of upstream for a virtual chip is
+a CLI command: resilient-moe preflight --kernel matmul_ogs (docs/matmul_ogs.md).
 """
 
 from __future__ import annotations
@@ -21,126 +22,134 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from triton.testing import do_bench
 
-SHAPES = {  # name: experts, top_k, tokens, K, N
-    "deepseek-v3 up": (256, 8, 4096, 7168, 4096),
-    "gpt-oss-120b up": (128, 4, 4096, 2880, 5760),
+from resilient_moe.models import Gemm
+
+GEMMS = {  # gpt-oss-120b's up-projection (N = 2 x 2880) and DeepSeek-V3's, at prefill-like token counts
+    "gpt-oss-120b up": (Gemm(name="up", mode="gather", experts=128, top_k=4, k=2880, n=5760), 2048),
+    "gpt-oss-120b down": (Gemm(name="down", mode="scatter", experts=128, top_k=4, k=2880, n=2880), 2048),
+    "deepseek-v3 up": (Gemm(name="up", mode="gather", experts=256, top_k=8, k=7168, n=4096), 4096),
 }
 
 
-def operands(name: str) -> tuple[Any, ...]:
-    from triton_kernels.routing import routing
+def _upstream() -> Any:
+    from resilient_moe.backends.triton_kernels.upstream import upstream
 
-    experts, top_k, tokens, k, n = SHAPES[name]
-    g = torch.Generator(device="cuda").manual_seed(0)
-    logits = torch.randn(tokens, experts, device="cuda", generator=g, dtype=torch.bfloat16)
-    x = torch.randn(tokens, k, device="cuda", generator=g, dtype=torch.bfloat16)
-    w = torch.randn(experts, k, n, device="cuda", generator=g, dtype=torch.bfloat16) / k**0.5
-    rdata, gather, scatter = routing(logits, top_k)
-    return x, w, rdata, gather, scatter
+    return upstream("matmul_ogs")
+
+
+def _operands(name: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    from resilient_moe.backends.triton_kernels.preflight import operands
+
+    gemm, tokens = GEMMS[name]
+    return operands(_upstream(), gemm, tokens, dtype)
+
+
+def _flags(fn: Any) -> tuple[Any, Any]:
+    """``fn()`` and the tile upstream's make_opt_flags returned for it (through the installed hook)."""
+    from resilient_moe.backends.triton_kernels.upstream import upstream
+
+    up = upstream("matmul_ogs")
+    seen: list[Any] = []
+    hook = up.module.make_opt_flags
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        flags = hook(*args, **kwargs)
+        seen.append(flags)
+        return flags
+
+    up.module.make_opt_flags = spy
+    try:
+        result = fn()
+    finally:
+        up.module.make_opt_flags = hook
+    tile = None if not seen else {f: getattr(seen[-1], f) for f in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "group_m")}
+    return result, tile
 
 
 def part_same() -> dict[str, Any]:
-    from triton_kernels.matmul_ogs import matmul_ogs as upstream
-
     import resilient_moe as rm
 
+    up = _upstream()
     out: dict[str, Any] = {}
-    for name in SHAPES:
-        x, w, rdata, gather, scatter = operands(name)
-        theirs = upstream(x, w, None, rdata, gather_indx=gather)
-        ours = rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)
-        h = torch.randn(theirs.shape[0], w.shape[1], device="cuda", dtype=torch.bfloat16)
-        theirs_down = upstream(h, w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
-        ours_down = rm.matmul_ogs(h, w, None, rdata, scatter_indx=scatter, gammas=rdata.gate_scal)
-        out[name] = {
-            "gather_bitwise_equal": bool(torch.equal(theirs, ours)),
-            "scatter_bitwise_equal": bool(torch.equal(theirs_down, ours_down)),
-            "upstream_ms": do_bench(lambda: upstream(x, w, None, rdata, gather_indx=gather), return_mode="median"),
-            "ours_ms": do_bench(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather), return_mode="median"),
-            "host_us_upstream": _host_us(lambda: upstream(x, w, None, rdata, gather_indx=gather)),
-            "host_us_ours": _host_us(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather)),
-        }
-        w = None  # the weights freed before the next shape's are made
-        torch.cuda.empty_cache()
+    for dtype in ("bf16", "fp8", "mxfp4"):
+        for name in GEMMS:
+            try:
+                args, kwargs = _operands(name, dtype)
+                theirs = up.fn(*args, **kwargs)
+                ours, tile = _flags(lambda: rm.matmul_ogs(*args, **kwargs))
+                out[f"{name} {dtype}"] = {"bitwise_equal": bool(torch.equal(theirs, ours)), "tile": tile,
+                                          "layouts": [type(getattr(getattr(a, "storage", None), "layout", None)).__name__ for a in args[:2]]}
+            except Exception as err:  # recorded: this part reports what happened for each format
+                out[f"{name} {dtype}"] = {"error": f"{type(err).__name__}: {err}"[:600]}
+            torch.cuda.empty_cache()
     return out
-
-
-def _host_us(fn: Any, n: int = 300) -> float:
-    samples = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return sorted(samples)[n // 2] * 1e6
-
-
-def _events(fn: Any) -> tuple[Any, list[dict[str, Any]]]:
-    from resilient_moe import events
-
-    with events.capture() as log:
-        try:
-            result = fn()
-        except Exception as err:  # recorded: this part reports what happened, whatever it was
-            result = f"{type(err).__name__}: {err}"[:1500]
-    keep = ("event", "from", "to", "config", "resource", "required", "limit", "attempts", "kernel")
-    return result, [{k: e[k] for k in keep if k in e} for e in log if e["event"] != "tiling.cache_hit"]
 
 
 def part_recover() -> dict[str, Any]:
     from triton.runtime.errors import OutOfResources
-    from triton_kernels.matmul_ogs import matmul_ogs as upstream
-    from triton_kernels.matmul_ogs_details import opt_flags
 
     import resilient_moe as rm
+    from resilient_moe.testing import capture
 
+    up = _upstream()
     out: dict[str, Any] = {}
-    for name in SHAPES:
-        x, w, rdata, gather, _ = operands(name)
-        opt_flags.update_opt_flags_constraints({"num_stages": 6})
-        try:
-            upstream(x, w, None, rdata, gather_indx=gather)
-            direct = "no error"
-        except OutOfResources as err:
-            direct = {"required": err.required, "limit": err.limit, "resource": err.name}
-        finally:
-            opt_flags.reset_opt_flags_constraints()
-        t0 = time.perf_counter()
-        y, log = _events(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather))
-        first_call_s = time.perf_counter() - t0
-        reference = upstream(x, w, None, rdata, gather_indx=gather)
-        err = float((y.float() - reference.float()).abs().max()) if isinstance(y, torch.Tensor) else y
-        out[name] = {"upstream_forced_num_stages_6": direct, "events": log, "first_call_s": first_call_s,
-                     "max_abs_diff_vs_upstream_default": err}
-        w = None  # the weights freed before the next shape's are made
-        torch.cuda.empty_cache()
+    for dtype in ("bf16", "mxfp4"):
+        for name in ("gpt-oss-120b up", "deepseek-v3 up"):
+            args, kwargs = _operands(name, dtype)
+            up.opt_flags.update_opt_flags_constraints({"num_stages": 8})
+            try:
+                up.fn(*args, **kwargs)
+                direct: Any = "no error"
+            except OutOfResources as err:
+                direct = {"required": err.required, "limit": err.limit, "resource": err.name}
+            finally:
+                up.opt_flags.reset_opt_flags_constraints()
+            t0 = time.perf_counter()
+            with capture() as log:
+                y, tile = _flags(lambda: rm.matmul_ogs(*args, **kwargs))
+            first_call_s = time.perf_counter() - t0
+            reference, default = _flags(lambda: up.fn(*args, **kwargs))
+            out[f"{name} {dtype}"] = {
+                "upstream_at_8_stages": direct, "upstream_default": default, "landed": tile, "first_call_s": first_call_s,
+                "bitwise_equal_to_upstream_default": bool(torch.equal(y, reference)),
+                "events": [{k: e.get(k) for k in ("event", "from", "to", "required", "limit")} for e in log],
+            }
+            torch.cuda.empty_cache()
     return out
 
 
-def part_virtual() -> dict[str, Any]:
+def part_constraints() -> dict[str, Any]:
     import resilient_moe as rm
+    from resilient_moe import settings
+    from resilient_moe.cache import key_text
 
+    up = _upstream()
+    args, kwargs = _operands("gpt-oss-120b up", "bf16")
     out: dict[str, Any] = {}
-    for name in SHAPES:
-        x, w, rdata, gather, _ = operands(name)
-        _, log = _events(lambda: rm.matmul_ogs(x, w, None, rdata, gather_indx=gather))
-        out[name] = log
-        w = None  # the weights freed before the next shape's are made
-        torch.cuda.empty_cache()
+    for block_m in (128, 16):
+        up.opt_flags.update_opt_flags_constraints({"block_m": block_m})
+        try:
+            ours, tile = _flags(lambda: rm.matmul_ogs(*args, **kwargs))
+            theirs = up.fn(*args, **kwargs)
+        finally:
+            up.opt_flags.reset_opt_flags_constraints()
+        out[f"block_m={block_m}"] = {"tile": tile, "bitwise_equal_to_upstream_under_it": bool(torch.equal(ours, theirs))}
+    keys = [key_text(k) for k in settings.cache().memory if "matmul_ogs" in key_text(k)]
+    out["cache_keys_with_constraints"] = [k for k in keys if "block_m=" in k]
     return out
 
 
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("--part", required=True, choices=["same", "recover", "virtual"])
+    cli.add_argument("--part", required=True, choices=["same", "recover", "constraints"])
     cli.add_argument("--out", type=Path, required=True)
     args = cli.parse_args()
     env = {k: v for k, v in os.environ.items() if k.startswith(("RESILIENT_MOE_", "TRITON_HIP"))}
-    result = {"part": args.part, "env": env, "device": torch.cuda.get_device_name(),
-              "result": {"same": part_same, "recover": part_recover, "virtual": part_virtual}[args.part]()}
+    parts = {"same": part_same, "recover": part_recover, "constraints": part_constraints}
+    result = {"part": args.part, "env": env, "device": torch.cuda.get_device_name(), "result": parts[args.part]()}
     print(json.dumps(result, indent=1, default=str))
+    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"upstream_{args.part}.json"
     previous = json.loads(path.read_text()) if path.exists() else []
     path.write_text(json.dumps([*previous, result], indent=1, default=str))

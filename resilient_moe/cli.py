@@ -8,6 +8,7 @@ imports what it runs inside its function.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -21,13 +22,15 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from .cache import CACHE_DIR_ENV, FILE_NAME
 from .models import PRESETS, Gemm
-from .targets import Chip, chip
+from .policy import POLICY_ENV
+from .targets import ASYNC_COPY_ENV, Chip, chip
 
 if TYPE_CHECKING:
     from .policy import Policy
     from .preflight import Compiler
 
 DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+UPSTREAM_DTYPES = ("bf16", "fp8", "mxfp4")  # backends.triton_kernels.preflight.DTYPES (kept here: no torch at parse time)
 DEFAULT_TOKENS: tuple[int, ...] = (1, 64, 4096)
 
 
@@ -149,6 +152,14 @@ def _preflight_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    allowed = UPSTREAM_DTYPES if args.kernel == "matmul_ogs" else tuple(DTYPES)
+    if args.dtype not in allowed:
+        print(f"--dtype: {args.kernel} preflight takes {', '.join(allowed)}, got {args.dtype!r}", file=sys.stderr)
+        return 2
+    if args.async_copy:
+        os.environ[ASYNC_COPY_ENV] = "1"
+    if args.kernel == "matmul_ogs":
+        return _preflight_upstream(args, gemms, path)
     cache = TilingCache(path)
     try:
         rows = run(gemms, args.tokens, args.arch, getattr(torch, DTYPES[args.dtype]), policy, cache, _compiler(args))
@@ -172,6 +183,88 @@ def _preflight_command(args: argparse.Namespace) -> int:
             print(f"{path}: {len(cache.entries())} winners; start the server with {CACHE_DIR_ENV}={path.parent.resolve()} "
                   f"(the same policy, dtype and Triton {version('triton')}: they are part of each key)")
     return 1 if any(r.chosen is None for r in rows) else 0
+
+
+def _preflight_upstream(args: argparse.Namespace, gemms: Sequence[Gemm], path: Path | None) -> int:
+    """``preflight --kernel matmul_ogs``: upstream's own tiles, on this GPU machine, compiled for the chip."""
+    import torch
+    import triton
+
+    from .preflight_diff import REPORT_FORMAT
+    from .render import upstream_table
+    from .targets import describe_compiler
+
+    if not torch.cuda.is_available():
+        print("--kernel matmul_ogs: upstream triton_kernels builds its routing and layouts on a GPU; run this on a "
+              "GPU machine (any NVIDIA GPU; every tile is compiled for --arch, nothing of it runs)", file=sys.stderr)
+        return 2
+    if path is not None:
+        os.environ[CACHE_DIR_ENV] = str(path.parent)
+    if args.policy:
+        os.environ[POLICY_ENV] = args.policy
+    from .backends.triton_kernels.preflight import run as run_upstream
+
+    try:
+        rows = run_upstream(gemms, args.tokens, args.arch, args.dtype)
+    except ImportError as err:
+        print(f"resilient-moe preflight --kernel matmul_ogs: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({
+            "format": REPORT_FORMAT, "kernel": "triton_kernels.matmul_ogs", "triton": triton.__version__,
+            "compiler": describe_compiler(args.arch.name), "arch": args.arch.name, "limit": args.arch.max_shared_mem,
+            "dtype": args.dtype, "model": args.model or args.shapes, "tokens": list(args.tokens),
+            "cache": None if path is None else str(path), "rows": [r.as_dict() for r in rows],
+        }, indent=1))
+    else:
+        print(f"upstream matmul_ogs, {args.model or args.shapes}, {args.dtype}, on {_describe_chip(args.arch)}; "
+              f"triton {describe_compiler(args.arch.name)}")
+        print(upstream_table(rows))
+        print(f"\n{sum(not r.fits for r in rows)} of {len(rows)} upstream defaults do not fit {args.arch.name}; "
+              f"{sum(r.landed is None for r in rows)} GEMMs have no fitting tile")
+        if path is not None:
+            print(f"{path}: winners recorded; start the server with {CACHE_DIR_ENV}={path.parent.resolve()}")
+    return 1 if any(r.landed is None for r in rows) else 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """What this process would use: Triton, the chip, the policy, the cache, every upstream copy."""
+    import triton
+
+    from .backends.triton_kernels.patch import patched
+    from .backends.triton_kernels.upstream import ROOTS, copies
+    from .settings import cache
+    from .targets import placement
+
+    if args.patch:
+        from .backends.triton_kernels import patch_triton_kernels
+
+        patch_triton_kernels()
+    print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})")
+    try:
+        where = placement()
+        print(f"placement: {where.arch}" + (" (virtual, RESILIENT_MOE_TARGET)" if where.virtual else "")
+              + (" (interpreter)" if where.interpreter else ""))
+    except RuntimeError as err:  # no GPU driver, no interpreter, no target
+        print(f"placement: none ({err}); set TRITON_INTERPRET=1 or RESILIENT_MOE_TARGET on a machine without a GPU")
+    print(f"policy: {os.environ.get(POLICY_ENV) or 'shipped default'}; cache: {cache().path}")
+    for root in ROOTS[1:]:
+        if args.import_vendored:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(root)
+    try:
+        found = copies()
+    except ImportError as err:
+        print(f"upstream triton_kernels: {err}")
+        return 1
+    if not found:
+        print(f"upstream triton_kernels: no copy imported ({', '.join(ROOTS)}); vendored copies are listed once "
+              "their engine imported them (or with --import-vendored)")
+    for up in found:
+        names = patched(up.fn)
+        print(f"{up.module.__name__}: {up.flavor}, source {up.source}, {up.module.__file__}\n"
+              f"  make_opt_flags hooked: {up.current()}; patched where: {', '.join(names) if names else 'nowhere'}")
+    return 0
 
 
 def _explain_command(args: argparse.Namespace) -> int:
@@ -249,7 +342,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     """The arguments ``preflight`` and ``explain`` share: the chip, the dtype, the policy, the compile processes."""
     parser.add_argument("--arch", type=_chip_arg, required=True, metavar="CHIP",
                         help="target chip: gfx950 (MI355X), gfx942 (MI300X), sm_90 (H100), sm_100 (B200), ...")
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="activation and weight dtype (default bf16)")
+    parser.add_argument("--dtype", choices=[*DTYPES, *UPSTREAM_DTYPES[1:]], default="bf16",
+                        help="activation and weight dtype (default bf16; fp8 and mxfp4 with --kernel matmul_ogs)")
     parser.add_argument("--policy", metavar="FILE",
                         help="fallback policy YAML (default: RESILIENT_MOE_POLICY, else the shipped policy); "
                         "the server must use the same one")
@@ -282,6 +376,11 @@ def _add_preflight_commands(subparsers: argparse._SubParsersAction[argparse.Argu
                      help=f"record the winners in FILE, which must be named {FILE_NAME}; point the server's "
                      f"{CACHE_DIR_ENV} at its folder (existing entries are kept)")
     pre.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    pre.add_argument("--kernel", choices=("moe_matmul", "matmul_ogs"), default="moe_matmul",
+                     help="moe_matmul: the builtin kernel (no GPU needed); matmul_ogs: upstream triton_kernels' own "
+                     f"tiles ({', '.join(UPSTREAM_DTYPES)}; runs upstream's host code, so needs a GPU machine)")
+    pre.add_argument("--async-copy", action="store_true",
+                     help=f"compile as with {ASYNC_COPY_ENV}=1 (AMD: one LDS buffer more per tile)")
     pre.set_defaults(func=_preflight_command)
 
     exp = subparsers.add_parser(
@@ -351,6 +450,16 @@ def parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cache_show)
     clear = cache.add_parser("clear", help="forget every cached winner")
     clear.set_defaults(func=_cache_clear)
+
+    doctor = sub.add_parser("doctor", help="what this process would use: Triton, chip, policy, cache, upstream copies",
+                            description="Print the Triton in use, the placement (GPU, virtual chip or interpreter), the "
+                            "policy and cache, and every upstream triton_kernels copy imported (the standalone package; "
+                            "vLLM's and SGLang's vendored ones): its version flavor, source hash, whether its "
+                            "make_opt_flags is hooked and where patch_triton_kernels() put ours.")
+    doctor.add_argument("--import-vendored", action="store_true",
+                        help="also import vllm.third_party.triton_kernels and sglang.third_party.triton_kernels")
+    doctor.add_argument("--patch", action="store_true", help="apply patch_triton_kernels() first, then report")
+    doctor.set_defaults(func=_doctor)
 
     _add_preflight_commands(sub)
     return top

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import TileConfig
 
 if TYPE_CHECKING:
+    from .backends.triton_kernels.preflight import UpstreamRow
     from .policy import Policy
     from .preflight import Row, Step
     from .preflight_diff import Change, Report
@@ -130,3 +131,17 @@ def _fits(row: dict[str, Any]) -> str:
     if not row:
         return "-"
     return "yes" if row["default_fits"] else "NO"
+
+
+def upstream_table(rows: Sequence[UpstreamRow]) -> str:
+    """``preflight --kernel matmul_ogs``: upstream's default per GEMM, its bytes, and where the ladder landed."""
+    body = []
+    for r in rows:
+        default = "-" if r.default is None else _tile(r.default.as_dict())
+        landed = r.error or ("-" if r.landed is None else _tile(r.landed.as_dict()))
+        fits = "yes" if r.fits else "no" if r.default is not None else "-"
+        bytes_ = "-" if r.default_bytes is None else str(r.default_bytes)
+        body.append((r.gemm, r.tokens, default, bytes_, fits, landed, "-" if r.landed_bytes is None else r.landed_bytes,
+                     r.attempts, r.origin))
+    return table(("gemm", "tokens", "upstream default", "bytes", "fits", "landed", "bytes", "attempts", "from"), body,
+                 right=(1, 3, 6, 7))

@@ -30,6 +30,7 @@ class Chip:
     arch: int | str
     warp_size: int
     max_shared_mem: int
+    sm_count: int  # SMs (CUs on AMD) of the first example: heuristics that split work by it see this chip's
     examples: str
     source: str
 
@@ -44,15 +45,15 @@ _GUIDE = "CUDA C++ Programming Guide, technical specifications per compute capab
 CHIPS: dict[str, Chip] = {
     c.name: c
     for c in (
-        Chip("sm_80", "cuda", 80, 32, 166912, "A100", _GUIDE),
-        Chip("sm_86", "cuda", 86, 32, 101376, "RTX 30xx, A10, A40", _GUIDE),
-        Chip("sm_89", "cuda", 89, 32, 101376, "RTX 40xx, L4, L40S", _GUIDE),
-        Chip("sm_90", "cuda", 90, 32, 232448, "H100, H200", "driver-reported on an H100, 2026-11-22 (docs/design.md, 'Chip facts'); same in " + _GUIDE),
-        Chip("sm_100", "cuda", 100, 32, 232448, "B200, GB200", _GUIDE),
-        Chip("sm_120", "cuda", 120, 32, 101376, "RTX 50xx, RTX PRO 6000", _GUIDE),
-        Chip("gfx90a", "hip", "gfx90a", 64, 65536, "MI210, MI250X", "AMD CDNA2 ISA guide: 64 KiB LDS per CU"),
-        Chip("gfx942", "hip", "gfx942", 64, 65536, "MI300X, MI325X", "AMD CDNA3 ISA guide: 64 KiB LDS per CU"),
-        Chip("gfx950", "hip", "gfx950", 64, 163840, "MI350X, MI355X", "AMD CDNA4 ISA guide: 160 KiB LDS per CU; Triton's limit on MI355X in ROCm/ATOM#710"),
+        Chip("sm_80", "cuda", 80, 32, 166912, 108, "A100", _GUIDE),
+        Chip("sm_86", "cuda", 86, 32, 101376, 82, "RTX 30xx, A10, A40", _GUIDE),
+        Chip("sm_89", "cuda", 89, 32, 101376, 128, "RTX 40xx, L4, L40S", _GUIDE),
+        Chip("sm_90", "cuda", 90, 32, 232448, 132, "H100, H200", "driver-reported on an H100, 2026-11-22 (docs/design.md, 'Chip facts'); same in " + _GUIDE),
+        Chip("sm_100", "cuda", 100, 32, 232448, 148, "B200, GB200", _GUIDE),
+        Chip("sm_120", "cuda", 120, 32, 101376, 170, "RTX 50xx, RTX PRO 6000", _GUIDE),
+        Chip("gfx90a", "hip", "gfx90a", 64, 65536, 104, "MI210, MI250X", "AMD CDNA2 ISA guide: 64 KiB LDS per CU"),
+        Chip("gfx942", "hip", "gfx942", 64, 65536, 304, "MI300X, MI325X", "AMD CDNA3 ISA guide: 64 KiB LDS per CU"),
+        Chip("gfx950", "hip", "gfx950", 64, 163840, 256, "MI350X, MI355X", "AMD CDNA4 ISA guide: 160 KiB LDS per CU; Triton's limit on MI355X in ROCm/ATOM#710"),
     )
 }
 

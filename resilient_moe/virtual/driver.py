@@ -14,6 +14,7 @@ never around a serving thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,8 @@ class _Utils:
         self._chip, self._real = chip, real
 
     def get_device_properties(self, device: Any) -> dict[str, int]:
-        return {"max_shared_mem": self._chip.max_shared_mem, "multiprocessor_count": 132, "warpSize": self._chip.warp_size}
+        return {"max_shared_mem": self._chip.max_shared_mem, "multiprocessor_count": self._chip.sm_count,
+                "warpSize": self._chip.warp_size}
 
     def load_binary(self, *args: Any) -> tuple[None, None, int, int, int]:
         return None, None, 0, 0, 1024
@@ -40,13 +42,14 @@ class _Utils:
 
 
 class _NoLaunch:
-    """Stands in for the backend launcher: a virtual kernel that fits is simply not run."""
+    """Stands in for the backend launcher: a virtual kernel that fits is not run, only noted in the
+    driver's ``launched`` (kernel name, shared bytes), so a tool can say what a fitting call used."""
 
-    def __init__(self, src: Any, metadata: Any) -> None:
-        pass
+    def __init__(self, launched: list[tuple[str, int]], src: Any, metadata: Any) -> None:
+        self._launched, self._kernel = launched, (str(metadata.name), int(metadata.shared))
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
-        return None
+        self._launched.append(self._kernel)
 
 
 class VirtualDriver:
@@ -56,7 +59,8 @@ class VirtualDriver:
         self.chip = chip
         self._real = real
         self.utils = _Utils(chip, getattr(real, "utils", None))
-        self.launcher_cls = _NoLaunch
+        self.launched: list[tuple[str, int]] = []
+        self.launcher_cls = functools.partial(_NoLaunch, self.launched)
 
     def get_current_target(self) -> Any:
         return self.chip.gpu_target()
@@ -93,8 +97,12 @@ def _real_driver() -> Any | None:
 
 @contextlib.contextmanager
 def virtual_target(chip: Chip) -> Iterator[VirtualDriver]:
-    """Make every JIT compile and launch in this block target ``chip``; restores the previous driver."""
+    """Make every JIT compile and launch in this block target ``chip``; restores the previous driver.
+    Inside a block for the same chip it keeps that block's driver (one ``launched`` record)."""
     previous = driver._active  # reset_active() would fail on a machine without any GPU driver
+    if isinstance(previous, VirtualDriver) and previous.chip == chip:
+        yield previous
+        return
     stand_in = VirtualDriver(chip, _real_driver())
     driver.set_active(stand_in)
     try:

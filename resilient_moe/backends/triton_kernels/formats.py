@@ -74,7 +74,7 @@ def precision(config: Any) -> str:
     if held is not None and held[0] is config:
         return held[1]
     text = _shape(config)
-    _described[id(config)] = (config, text)
+    _described.put(id(config), (config, text))
     return text
 
 
@@ -100,7 +100,8 @@ def activation(fused: Any) -> str:
         return "-"
     specs = getattr(fused, "specs", fused)
     name = getattr(specs, "name", None) or type(fused).__name__
-    return f"{name}/{getattr(specs, 'reduction_n', 1) or 1}"
+    reduction = getattr(fused, "reduction_n", None) or getattr(specs, "reduction_n", None) or 1  # v3.5: on the activation
+    return f"{name}/{reduction}"
 
 
 def constraints_text(constraints: dict[str, Any]) -> str:

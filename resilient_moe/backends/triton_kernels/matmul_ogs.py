@@ -15,7 +15,7 @@ import torch
 from ... import events, settings
 from ...cache import row_bucket
 from ...config import TILE_FIELDS, TileConfig
-from ...dispatch import Call, resolve
+from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
 from ...targets import Placement, compile_env_key, compiler_tag, placement
 from ...virtual import virtual_target
@@ -101,18 +101,27 @@ class UpstreamKey(NamedTuple):
 
 
 def _call(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return _resolve(up, args, kwargs)[0]
+
+
+def resolved(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Resolution | None:
+    """Run one call of copy ``up`` and say how its tile was settled (None: no tile to choose)."""
+    return _resolve(up, args, kwargs)[1]
+
+
+def _resolve(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Resolution | None]:
     entry = up.entry
     names = _NAMES[entry]
     x, w = _argument(up, names.x, args, kwargs), _argument(up, names.w, args, kwargs)
     if x is None or w is None:
-        return up.fn(*args, **kwargs)  # upstream's own error for missing operands
+        return up.fn(*args, **kwargs), None  # upstream's own error for missing operands
     gather, scatter = _argument(up, "gather_indx", args, kwargs), _argument(up, "scatter_indx", args, kwargs)
     k, n = w.shape[-2], w.shape[-1]
     experts = w.shape[0] if len(w.shape) == 3 else 1
     rows = x.shape[-2] if gather is None else _length(gather)
     if rows == 0 or n == 0:
         given = up.signature.bind(*args, **kwargs).arguments
-        return _empty(entry, given, names, x, rows, n, experts, scatter)
+        return _empty(entry, given, names, x, rows, n, experts, scatter), None
 
     policy = active_policy()
     where = placement()
@@ -155,9 +164,9 @@ def _call(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         )
 
     try:
-        return resolve(key, attempt, describe, policy, settings.cache())[0]
+        return resolve(key, attempt, describe, policy, settings.cache())
     except _RanUntiled as ran:
-        return ran.result
+        return ran.result, None
 
 
 class _RanUntiled(Exception):
