@@ -33,13 +33,13 @@ GEMMS = {  # gpt-oss-120b's up-projection (N = 2 x 2880) and DeepSeek-V3's, at p
 
 
 def _upstream() -> Any:
-    from resilient_moe.backends.triton_kernels.upstream import upstream
+    from resilient_moe.backends.upstream.copies import upstream
 
     return upstream("matmul_ogs")
 
 
 def _operands(name: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    from resilient_moe.backends.triton_kernels.preflight import operands
+    from resilient_moe.backends.upstream.preflight import operands
 
     gemm, tokens = GEMMS[name]
     return operands(_upstream(), gemm, tokens, dtype)
@@ -47,7 +47,7 @@ def _operands(name: str, dtype: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def _flags(fn: Any) -> tuple[Any, Any]:
     """``fn()`` and the tile upstream's make_opt_flags returned for it (through the installed hook)."""
-    from resilient_moe.backends.triton_kernels.upstream import upstream
+    from resilient_moe.backends.upstream.copies import upstream
 
     up = upstream("matmul_ogs")
     seen: list[Any] = []

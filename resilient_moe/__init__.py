@@ -1,7 +1,7 @@
 """resilient_moe: Triton MoE GEMMs that keep running when a tile does not fit the chip.
 
 Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py, one protocol for
-every backend) -> backends/ (builtin/: our kernel; triton_kernels/: upstream's matmul_ogs) ->
+every backend) -> backends/ (builtin/: our kernel; upstream/: upstream's matmul_ogs) ->
 cache (cache.py) and events (events.py). virtual/ compiles for chips this machine does not have;
 targets.py lists them; settings.py holds the process-global state and ``reset()``.
 
@@ -33,7 +33,7 @@ _EXPORTS = {
     "TilingCache": "cache",
     "moe_matmul": "backends.builtin.moe_matmul",
     "moe_matmul_reference": "reference",
-    **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "backends.triton_kernels"),
+    **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "backends.upstream"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -52,7 +52,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .backends.triton_kernels import (
+    from .backends.upstream import (
         matmul,
         matmul_ogs,
         patch_triton_kernels,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .preflight import Compiler
 
 DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-UPSTREAM_DTYPES = ("bf16", "fp8", "mxfp4")  # backends.triton_kernels.preflight.DTYPES (kept here: no torch at parse time)
+UPSTREAM_DTYPES = ("bf16", "fp8", "mxfp4")  # backends.upstream.preflight.DTYPES (kept here: no torch at parse time)
 DEFAULT_TOKENS: tuple[int, ...] = (1, 64, 4096)
 
 
@@ -128,13 +128,11 @@ def _describe_chip(target: Chip) -> str:
 
 def _preflight_command(args: argparse.Namespace) -> int:
     import torch
-    import triton
 
     from .cache import TilingCache
     from .models import ShapesError, load_shapes
     from .policy import PolicyError
     from .preflight import run
-    from .preflight_diff import REPORT_FORMAT
     from .render import preflight_table
     from .targets import describe_compiler
 
@@ -167,12 +165,7 @@ def _preflight_command(args: argparse.Namespace) -> int:
         print(f"resilient-moe preflight: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({
-            "format": REPORT_FORMAT, "triton": triton.__version__, "compiler": describe_compiler(args.arch.name),
-            "arch": args.arch.name, "limit": args.arch.max_shared_mem, "dtype": args.dtype,
-            "model": args.model or args.shapes, "tokens": list(args.tokens), "policy": policy.fingerprint,
-            "cache": None if path is None else str(path), "rows": [r.as_dict() for r in rows],
-        }, indent=1))
+        print(json.dumps({**_report(args, path), "policy": policy.fingerprint, "rows": [r.as_dict() for r in rows]}, indent=1))
     else:
         print(f"{args.model or args.shapes}, {args.dtype}, on {_describe_chip(args.arch)}; triton {describe_compiler(args.arch.name)}")
         print(preflight_table(rows, policy))
@@ -185,12 +178,24 @@ def _preflight_command(args: argparse.Namespace) -> int:
     return 1 if any(r.chosen is None for r in rows) else 0
 
 
-def _preflight_upstream(args: argparse.Namespace, gemms: Sequence[Gemm], path: Path | None) -> int:
-    """``preflight --kernel matmul_ogs``: upstream's own tiles, on this GPU machine, compiled for the chip."""
-    import torch
+def _report(args: argparse.Namespace, path: Path | None) -> dict[str, Any]:
+    """The header of a ``preflight --json`` report: what produced its rows (``preflight diff`` reads it)."""
     import triton
 
     from .preflight_diff import REPORT_FORMAT
+    from .targets import describe_compiler
+
+    return {
+        "format": REPORT_FORMAT, "triton": triton.__version__, "compiler": describe_compiler(args.arch.name),
+        "arch": args.arch.name, "limit": args.arch.max_shared_mem, "dtype": args.dtype,
+        "model": args.model or args.shapes, "tokens": list(args.tokens), "cache": None if path is None else str(path),
+    }
+
+
+def _preflight_upstream(args: argparse.Namespace, gemms: Sequence[Gemm], path: Path | None) -> int:
+    """``preflight --kernel matmul_ogs``: upstream's own tiles, on this GPU machine, compiled for the chip."""
+    import torch
+
     from .render import upstream_table
     from .targets import describe_compiler
 
@@ -202,7 +207,7 @@ def _preflight_upstream(args: argparse.Namespace, gemms: Sequence[Gemm], path: P
         os.environ[CACHE_DIR_ENV] = str(path.parent)
     if args.policy:
         os.environ[POLICY_ENV] = args.policy
-    from .backends.triton_kernels.preflight import run as run_upstream
+    from .backends.upstream.preflight import run as run_upstream
 
     try:
         rows = run_upstream(gemms, args.tokens, args.arch, args.dtype)
@@ -210,12 +215,8 @@ def _preflight_upstream(args: argparse.Namespace, gemms: Sequence[Gemm], path: P
         print(f"resilient-moe preflight --kernel matmul_ogs: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({
-            "format": REPORT_FORMAT, "kernel": "triton_kernels.matmul_ogs", "triton": triton.__version__,
-            "compiler": describe_compiler(args.arch.name), "arch": args.arch.name, "limit": args.arch.max_shared_mem,
-            "dtype": args.dtype, "model": args.model or args.shapes, "tokens": list(args.tokens),
-            "cache": None if path is None else str(path), "rows": [r.as_dict() for r in rows],
-        }, indent=1))
+        print(json.dumps({**_report(args, path), "kernel": "triton_kernels.matmul_ogs", "rows": [r.as_dict() for r in rows]},
+                         indent=1))
     else:
         print(f"upstream matmul_ogs, {args.model or args.shapes}, {args.dtype}, on {_describe_chip(args.arch)}; "
               f"triton {describe_compiler(args.arch.name)}")
@@ -231,13 +232,13 @@ def _doctor(args: argparse.Namespace) -> int:
     """What this process would use: Triton, the chip, the policy, the cache, every upstream copy."""
     import triton
 
-    from .backends.triton_kernels.patch import patched
-    from .backends.triton_kernels.upstream import ROOTS, copies
+    from .backends.upstream.patch import patched
+    from .backends.upstream.copies import ROOTS, copies
     from .settings import cache
     from .targets import placement
 
     if args.patch:
-        from .backends.triton_kernels import patch_triton_kernels
+        from .backends.upstream import patch_triton_kernels
 
         patch_triton_kernels()
     print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})")

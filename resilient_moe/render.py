@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import TileConfig
 
 if TYPE_CHECKING:
-    from .backends.triton_kernels.preflight import UpstreamRow
+    from .backends.upstream.preflight import UpstreamRow
     from .policy import Policy
     from .preflight import Row, Step
     from .preflight_diff import Change, Report

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resilient_moe.backends.triton_kernels import upstream as adapter
+from resilient_moe.backends.upstream import copies as adapter
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HAS_UPSTREAM = importlib.util.find_spec("triton_kernels") is not None

@@ -1,4 +1,4 @@
-"""What a format and a layout allow the ladder (backends/triton_kernels/formats.py), and the parts of
+"""What a format and a layout allow the ladder (backends/upstream/formats.py), and the parts of
 an upstream call the key describes. The layouts and tensors here are stand-ins written for these tests,
 named like upstream's classes because the rules go by class name (a vendored copy has its own classes)."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import resilient_moe as rm
-from resilient_moe.backends.triton_kernels import formats
+from resilient_moe.backends.upstream import formats
 from resilient_moe.policy import Policy
 from resilient_moe.dispatch import Call, candidates
 

@@ -19,7 +19,7 @@ from doubles import tk_double
 
 import resilient_moe as rm
 from resilient_moe import settings
-from resilient_moe.backends.triton_kernels import upstream as adapter
+from resilient_moe.backends.upstream import copies as adapter
 from resilient_moe.cache import FILE_NAME
 from resilient_moe.policy import POLICY_ENV
 from resilient_moe.testing import capture

@@ -21,7 +21,7 @@ from doubles.tk_double import core
 
 import resilient_moe as rm
 from resilient_moe import policy
-from resilient_moe.backends.triton_kernels import patch, upstream as adapter
+from resilient_moe.backends.upstream import copies as adapter, patch
 from resilient_moe.config import TILE_FIELDS
 from resilient_moe.policy import POLICY_ENV
 

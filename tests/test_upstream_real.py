@@ -25,7 +25,7 @@ _TAG = "v" + triton.__version__.split("+")[0]
 _PRELUDE = """
 import json, os, sys, torch
 import resilient_moe as rm
-from resilient_moe.backends.triton_kernels import upstream as adapter
+from resilient_moe.backends.upstream import copies as adapter
 from resilient_moe.testing import capture
 
 def finish(**result):

@@ -4,5 +4,5 @@ A backend only describes a call: its key, its own default tile, an attempt under
 knows one, a lower bound of a tile's shared memory. Dispatch tries, steps down, caches and reports.
 
 - builtin/: our kernel (``moe_matmul``), with its heuristics, launches and bound beside it;
-- triton_kernels/: upstream Triton's ``matmul_ogs`` / ``matmul``, its own tile imposed through its opt flags.
+- upstream/: upstream Triton's ``matmul_ogs`` / ``matmul``, its own tile imposed through its opt flags.
 """

@@ -31,7 +31,7 @@ def patch_triton_kernels() -> None:
     do ``from triton_kernels.matmul_ogs import matmul_ogs``). Safe to call again: it also catches
     copies and modules imported since. Modules imported later get ours from the copy's attribute."""
     from .matmul_ogs import front
-    from .upstream import copies
+    from .copies import copies
 
     with lock:
         replacing = {id(up.fn): (up.fn, front(up)) for up in copies()}

@@ -1,4 +1,4 @@
-"""Finding the installed upstream ``triton_kernels`` and hooking its ``make_opt_flags``.
+"""Finding every copy of upstream ``triton_kernels`` in the process and hooking its ``make_opt_flags``.
 
 Which upstream is installed is found at the first call, never at import: v3.5 (``triton_kernels.routing``
 exists), v3.6 (``RoutingData`` moved into ``triton_kernels.matmul_ogs``), v3.7 (``triton_kernels.matmul``)
@@ -84,7 +84,7 @@ class Upstream:
 
     @property
     def entry(self) -> str:
-        return "matmul" if self.module.__name__.endswith(".matmul") else "matmul_ogs"
+        return _entry(self.module)
 
     def current(self) -> bool:
         """Still the module Python would import, with our wrapper still in place."""
@@ -99,6 +99,11 @@ class Upstream:
         if isinstance(held, contextvars.ContextVar):
             held = held.get(None)
         return {name: value for name, value in (held or {}).items() if value is not None}
+
+
+def _entry(module: types.ModuleType) -> str:
+    """The public function a copy's public module holds: ``matmul`` (v3.7+) or ``matmul_ogs``."""
+    return "matmul" if module.__name__.endswith(".matmul") else "matmul_ogs"
 
 
 _found: dict[str, Upstream] = {}  # public module name -> its copy
@@ -203,7 +208,7 @@ def _hooked(module: types.ModuleType) -> Upstream:
         found = _found.get(module.__name__)
         if found is not None and found.module is module and found.current():
             return found
-        entry = "matmul" if module.__name__.endswith(".matmul") else "matmul_ogs"
+        entry = _entry(module)
         package = module.__name__.rpartition(".")[0]
         make = vars(module).get("make_opt_flags")
         if not callable(make):

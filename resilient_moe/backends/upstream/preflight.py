@@ -27,7 +27,7 @@ from ...dispatch import Resolution
 from ...models import Gemm
 from ...targets import TARGET_ENV, Chip
 from ...virtual import driver as virtual_driver
-from .upstream import Upstream, upstream
+from .copies import Upstream, upstream
 
 DTYPES = ("bf16", "fp8", "mxfp4")
 """bf16 activations and weights; fp8 (e4m3) both; bf16 activations with MXFP4 weights in the layouts
@@ -170,10 +170,12 @@ def _matmul_bytes(launched: list[tuple[str, int]]) -> int | None:
 
 
 def _row(gemm: Gemm, tokens: int, dtype: str, target: Chip, resolution: Resolution | None, landed_bytes: int | None) -> UpstreamRow:
-    if resolution is None or resolution.winner is None:
+    if resolution is None:
         return UpstreamRow(gemm.name, tokens, dtype, None, None, target.max_shared_mem, None, None, 0, "-", "upstream chose no tile")
     attempts = resolution.attempts
-    default = attempts[0].config if attempts else resolution.winner
+    landed = resolution.winner if isinstance(resolution.winner, TileConfig) else None  # else the policy's torch reference
+    default = attempts[0].config if attempts else landed
     default_bytes = attempts[0].required if attempts and attempts[0].required is not None else landed_bytes
-    return UpstreamRow(gemm.name, tokens, dtype, default, default_bytes, target.max_shared_mem, resolution.winner,
-                       landed_bytes, len(attempts), resolution.origin)
+    return UpstreamRow(gemm.name, tokens, dtype, default, default_bytes, target.max_shared_mem, landed,
+                       landed_bytes if landed is not None else None, len(attempts), resolution.origin,
+                       None if landed is not None else "no tile fits: the policy's torch reference")

@@ -20,7 +20,7 @@ from ...policy import active_policy
 from ...targets import Placement, compile_env_key, compiler_tag, placement
 from ...virtual import virtual_target
 from . import formats
-from .upstream import LEARN, Upstream, _Learn, _Learned, _tiled, copy_named, upstream, upstream_or_none
+from .copies import LEARN, Upstream, _Learn, _Learned, _tiled, copy_named, upstream, upstream_or_none
 
 _TRITON = compiler_tag()
 
