@@ -22,7 +22,6 @@ from doubles.tk_double import core
 import resilient_moe as rm
 from resilient_moe import policy
 from resilient_moe.backends.upstream import copies as adapter, patch
-from resilient_moe.config import TILE_FIELDS
 from resilient_moe.policy import POLICY_ENV
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
@@ -153,7 +152,6 @@ def test_constrained_fields_are_tied_for_the_ladder(target, use_over_limit, cach
         args, kwargs = problem(tk)
         rm.matmul_ogs(*args, **kwargs)
         assert len(core.records) >= 2 and {r.flags.block_n for r in core.records} == {256}
-        assert {tuple(getattr(r.flags, f) for f in TILE_FIELDS) for r in core.records[-1:]}
         tk.opt_flags.reset_opt_flags_constraints()
 
 
