@@ -1,7 +1,8 @@
 """resilient_moe: Triton MoE GEMMs that keep running when a tile does not fit the chip.
 
 Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py, one protocol for
-every backend) -> backends/ (builtin/: our kernel; upstream/: upstream's matmul_ogs) ->
+every backend) -> backends/ (builtin/: our kernel; upstream/: upstream's matmul_ogs; engines/: SGLang's
+and vLLM's fused_moe_kernel) ->
 cache (cache.py) and events (events.py). virtual/ compiles for chips this machine does not have;
 targets.py lists them; settings.py holds the process-global state and ``reset()``.
 
@@ -34,6 +35,7 @@ _EXPORTS = {
     "moe_matmul": "backends.builtin.moe_matmul",
     "moe_matmul_reference": "reference",
     **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "backends.upstream"),
+    **dict.fromkeys(("patch_sglang", "unpatch_sglang", "patch_vllm", "unpatch_vllm"), "backends.engines"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         unpatch_triton_kernels,
     )
     from .backends.builtin.moe_matmul import moe_matmul, resolution
+    from .backends.engines import patch_sglang, patch_vllm, unpatch_sglang, unpatch_vllm
     from .cache import TilingCache
     from .config import TileConfig
     from .dispatch import Attempt, LadderExhaustedError, Resolution

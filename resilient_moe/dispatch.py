@@ -81,6 +81,7 @@ class Call:
     forms: Callable[[TileConfig], list[TileConfig]] | None = None  # the same tile run by another kernel form
     tied: frozenset[str] = frozenset()  # fields the call's format ties (e.g. num_warps to a scale layout): never moved
     floors: dict[str, int] = field(default_factory=dict)  # the format's least legal value of a field, e.g. block_k 256
+    ceilings: dict[str, int] = field(default_factory=dict)  # its largest, e.g. block_k 128 under 128x128 quant blocks
 
     def ladder(self, policy: Policy) -> Ladder:
         """The policy's ladder with this call's floors raised to what its format allows."""
@@ -115,10 +116,14 @@ def starting_config(default: TileConfig, policy: Policy, arch: str) -> tuple[Til
 
 def _start(call: Call, policy: Policy) -> tuple[TileConfig, frozenset[str]]:
     """The call's first config and every field the ladder may not move: the policy's pins, the format's
-    ties (a tied field keeps the call's own value, whatever the policy's arch default says)."""
+    ties (a tied field keeps the call's own value, whatever the policy's arch default says) and
+    ceilings (a policy's default above one comes down to it; rungs only shrink from there)."""
     start, pinned = starting_config(call.default, policy, call.arch)
     if call.tied:
         start = start.replace(**{name: getattr(call.default, name) for name in call.tied})
+    over = {name: cap for name, cap in call.ceilings.items() if getattr(start, name) > cap}
+    if over:
+        start = start.replace(**over)
     return start, pinned | call.tied
 
 

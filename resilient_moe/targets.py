@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 TARGET_ENV = "RESILIENT_MOE_TARGET"
+CAP_ENV = "RESILIENT_MOE_SHARED_MEMORY_CAP"
 ASYNC_COPY_ENV = "TRITON_HIP_USE_ASYNC_COPY"
 COMPILE_ENV: tuple[str, ...] = (ASYNC_COPY_ENV,)
 """Environment variables that change what Triton compiles: a compile for a virtual chip carries them,
@@ -110,6 +112,12 @@ def compile_env_key(arch: str) -> str:
     return ",".join(f"{name}={value}" for name, value in compile_env()) if arch.startswith("gfx") else ""
 
 
+INTERPRETER_LOCK = threading.Lock()
+"""Held by every kernel call that runs in Triton's interpreter, one at a time: the interpreter keeps the
+running grid and its patched ``triton.language`` in module globals, and 8 threads launching at once
+failed 5 times in 8."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where kernels run and which chip decides what fits.
@@ -137,7 +145,8 @@ class Placement:
 
 @functools.cache
 def placement() -> Placement:
-    """The process's placement, read once: env var first, then the active GPU, else the interpreter."""
+    """The process's placement, read once: env var first, then the active GPU, else the interpreter.
+    On a GPU, RESILIENT_MOE_SHARED_MEMORY_CAP (bytes) puts ``cap_shared_memory`` in force."""
     interpreter = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     wanted = os.environ.get(TARGET_ENV, "").strip()
     virtual = chip(wanted) if wanted else None
@@ -145,7 +154,38 @@ def placement() -> Placement:
         return Placement(virtual.name, virtual, interpreter)
     if interpreter:
         return Placement("interpreter", None, True)
+    cap = os.environ.get(CAP_ENV, "").strip()
+    if cap:
+        if not cap.isdigit() or int(cap) <= 0:
+            raise ValueError(f"{CAP_ENV} must be a positive number of bytes, got {cap!r}")
+        cap_shared_memory(int(cap))
     return Placement(_active_arch(), None, False)
+
+
+def cap_shared_memory(limit: int | None) -> None:
+    """Make this GPU behave like one with ``limit`` bytes of shared memory per block (None: its own).
+
+    A testing and what-if tool: kernels still compile for the real chip, but Triton's own check before
+    a launch (``CompiledKernel._init_handles``) compares their bytes with the cap and raises its real
+    ``OutOfResources``, so recovery for the 101376-byte class (RTX 4090, L40S, RTX 5090) runs and is
+    timed on an H100. It caps what Triton's driver reports, for every kernel of the process; kernels
+    already compiled and loaded are not checked again, so set it before the first launch. Torch's own
+    device properties are not capped: an engine that asks torch picks the tile a larger chip gets."""
+    from triton.runtime.driver import driver
+
+    utils = driver.active.utils
+    uncapped = getattr(utils, "_resilient_moe_uncapped", utils.get_device_properties)
+    if limit is None:
+        utils.get_device_properties = uncapped
+    else:
+        def capped(device: int) -> dict[str, object]:
+            properties = dict(uncapped(device))
+            properties["max_shared_mem"] = min(int(properties["max_shared_mem"]), limit)  # type: ignore[call-overload]
+            return properties
+
+        utils.get_device_properties = capped
+    utils._resilient_moe_uncapped = uncapped
+    _device_shared_limit.cache_clear()
 
 
 def shared_limit(arch: str, device: torch.device) -> int | None:

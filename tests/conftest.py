@@ -20,6 +20,7 @@ os.environ.pop("TRITON_HIP_USE_ASYNC_COPY", None)
 from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 import resilient_moe as rm  # noqa: E402
 from resilient_moe import (
@@ -27,6 +28,8 @@ from resilient_moe import (
     virtual,  # noqa: E402
 )
 from resilient_moe.policy import parse_policy  # noqa: E402
+from resilient_moe import targets  # noqa: E402
+from resilient_moe.policy import POLICY_ENV  # noqa: E402
 from resilient_moe.targets import ASYNC_COPY_ENV, TARGET_ENV  # noqa: E402
 
 
@@ -90,3 +93,34 @@ def fits_calls(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(virtual, "fits", counting)
     return calls
+
+
+SMALL_CHIP = 101376
+
+
+@pytest.fixture
+def small_chip(monkeypatch) -> Iterator[None]:
+    """A 101376-byte chip (RTX 4090, L40S): a virtual sm_89 under the interpreter on a CPU, the real GPU
+    capped to 101376 bytes elsewhere (``targets.cap_shared_memory``)."""
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(TARGET_ENV, "sm_89")
+        rm.reset()
+        yield
+        return
+    monkeypatch.setenv(targets.CAP_ENV, str(SMALL_CHIP))
+    rm.reset()
+    yield
+    targets.cap_shared_memory(None)
+
+
+@pytest.fixture
+def use_policy(tmp_path, monkeypatch) -> Callable[[dict], None]:
+    """Make a policy document (a mapping, ``version`` added) the environment's policy."""
+
+    def use(document: dict) -> None:
+        path = tmp_path / "policy.yaml"
+        path.write_text(yaml.safe_dump({"version": 1, **document}))
+        monkeypatch.setenv(POLICY_ENV, str(path))
+        rm.reset()
+
+    return use

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -31,7 +30,8 @@ from ...policy import Policy, active_policy
 from ...reference import moe_matmul_reference
 from ...routing import Routing
 from ...settings import LAUNCHES
-from ...targets import Placement, compile_env_key, compiler_tag, placement, shared_limit
+from ..timing import timed_ms
+from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement, shared_limit
 
 KERNEL = "resilient_moe.moe_matmul"
 _TRITON = compiler_tag()
@@ -65,20 +65,16 @@ def moe_matmul(
     return bound(x, w, bias, routing, out)
 
 
-_interpreting = threading.Lock()
-
-
 def _serialized_if_interpreted(launch: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """In the interpreter, one launch at a time: it keeps the running grid in module globals, and 8
-    threads launching at once failed 5 times in 8. Compiled kernels (a GPU's) are not wrapped: the
-    lock costs them nothing, not even a branch. Every interpreted call passes here, since the
-    interpreter binds no launch for the cached path."""
+    """In the interpreter, one launch at a time (``targets.INTERPRETER_LOCK``). Compiled kernels (a GPU's)
+    are not wrapped: the lock costs them nothing, not even a branch. Every interpreted call passes
+    here, since the interpreter binds no launch for the cached path."""
     if not INTERPRETED:
         return launch
 
     @functools.wraps(launch)
     def serialized(*args: object, **kwargs: object) -> Tensor:
-        with _interpreting:
+        with INTERPRETER_LOCK:
             return launch(*args, **kwargs)
 
     return serialized
@@ -179,39 +175,20 @@ def _forms(config: TileConfig) -> list[TileConfig]:
 def _timer(ops: Operands, where: Placement) -> Callable[[TileConfig], float] | None:
     """Milliseconds of a launch of a tile on these operands, for ``ladder.compare`` and ``compare_forms``; None
     where a timing means nothing or must not run: the interpreter, a virtual chip, operands off the GPU,
-    or a CUDA graph being captured. CUDA events around plain calls: no cache-flush buffer to allocate
-    (triton's do_bench takes 256 MB), so a server whose memory is spoken for can still recover."""
+    or a CUDA graph being captured (``timing.timed_ms``)."""
     if where.interpreter or where.virtual is not None or ops.x.device.type != "cuda":
         return None
     if torch.cuda.is_current_stream_capturing():
         return None
 
     def timer(config: TileConfig) -> float:
-        run = functools.partial(_launch_once, ops, config)
-        run()  # compiles; its result is dropped
-        estimate = _elapsed_ms(run, 1)
-        return _elapsed_ms(run, max(3, min(100, int(TIMED_MS / max(estimate, 1e-3)))))
+        return timed_ms(functools.partial(_launch_once, ops, config))
 
     return timer
 
 
-TIMED_MS = 10.0
-"""About how long one timing round of a comparison runs a tile (at least 3 launches, at most 100)."""
-
-
 def _launch_once(ops: Operands, config: TileConfig) -> None:
     build(dataclasses.replace(ops, out=None), config).run()
-
-
-def _elapsed_ms(run: Callable[[], None], times: int) -> float:
-    """Mean device time of ``run`` over ``times`` back-to-back calls (synchronizes once)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(times):
-        run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / times
 
 
 def _empty(x: Tensor, w: Tensor, bias: Tensor | None, routing: Routing, mode: Mode, out: Tensor | None) -> Tensor:
