@@ -35,7 +35,8 @@ _EXPORTS = {
     "moe_matmul": "backends.builtin.moe_matmul",
     "moe_matmul_reference": "reference",
     **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "backends.upstream"),
-    **dict.fromkeys(("patch_sglang", "unpatch_sglang", "patch_vllm", "unpatch_vllm"), "backends.engines"),
+    **dict.fromkeys(("patch_sglang", "unpatch_sglang", "patch_vllm", "unpatch_vllm", "warm_up", "CaptureMissError"),
+                    "backends.engines"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
         unpatch_triton_kernels,
     )
     from .backends.builtin.moe_matmul import moe_matmul, resolution
-    from .backends.engines import patch_sglang, patch_vllm, unpatch_sglang, unpatch_vllm
+    from .backends.engines import CaptureMissError, patch_sglang, patch_vllm, unpatch_sglang, unpatch_vllm, warm_up
     from .cache import TilingCache
     from .config import TileConfig
     from .dispatch import Attempt, LadderExhaustedError, Resolution

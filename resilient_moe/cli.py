@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 UPSTREAM_DTYPES = ("bf16", "fp8", "mxfp4")  # backends.upstream.preflight.DTYPES (kept here: no torch at parse time)
+ENGINE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "int8_w8a8")  # the engines' dtype selectors (bf16, fp16: none)
 DEFAULT_TOKENS: tuple[int, ...] = (1, 64, 4096)
 
 
@@ -150,12 +151,17 @@ def _preflight_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    allowed = UPSTREAM_DTYPES if args.kernel == "matmul_ogs" else tuple(DTYPES)
+    allowed = ENGINE_DTYPES if args.engine else UPSTREAM_DTYPES if args.kernel == "matmul_ogs" else tuple(DTYPES)
     if args.dtype not in allowed:
-        print(f"--dtype: {args.kernel} preflight takes {', '.join(allowed)}, got {args.dtype!r}", file=sys.stderr)
+        print(f"--dtype: {args.engine or args.kernel} preflight takes {', '.join(allowed)}, got {args.dtype!r}", file=sys.stderr)
         return 2
     if args.async_copy:
         os.environ[ASYNC_COPY_ENV] = "1"
+    if args.engine is not None:
+        return _preflight_engine(args, policy)
+    if args.write_configs is not None:
+        print("--write-configs writes an engine's tuned-config files: give --engine too", file=sys.stderr)
+        return 2
     if args.kernel == "matmul_ogs":
         return _preflight_upstream(args, gemms, path)
     cache = TilingCache(path)
@@ -226,6 +232,47 @@ def _preflight_upstream(args: argparse.Namespace, gemms: Sequence[Gemm], path: P
         if path is not None:
             print(f"{path}: winners recorded; start the server with {CACHE_DIR_ENV}={path.parent.resolve()}")
     return 1 if any(r.landed is None for r in rows) else 0
+
+
+def _preflight_engine(args: argparse.Namespace, policy: Policy) -> int:
+    """``preflight --engine sglang``: the engine's own config per M row, compiled for the chip; the rows
+    written where --write-configs is given, each one fitting."""
+    from .backends.engines import configs
+    from .render import engine_table
+    from .targets import describe_compiler
+
+    if args.model is None:
+        print("--engine takes --model (a preset): the engine's files are per layer shape", file=sys.stderr)
+        return 2
+    if args.device_name is None and args.write_configs is not None:
+        print("--write-configs needs --device-name, as the engine reads it on the target (torch.cuda.get_device_name(), "
+              "e.g. 'NVIDIA GeForce RTX 4090'): it names the files", file=sys.stderr)
+        return 2
+    model = PRESETS[args.model]
+    if model.intermediate % args.tp:
+        print(f"--tp {args.tp} does not divide {args.model}'s intermediate size {model.intermediate}", file=sys.stderr)
+        return 2
+    limit = args.shared_memory_limit or args.arch.max_shared_mem
+    eight_bit = args.dtype in ("fp8_w8a8", "int8_w8a8")
+    layer = configs.layer_for(model.experts, model.hidden, model.intermediate // args.tp, model.top_k,
+                              args.dtype if eight_bit else None, "float16" if args.dtype == "fp16" else "bfloat16",
+                              args.block_shape if eight_bit else None, tokens=1)
+    device = args.device_name or "the target"
+    try:
+        rows = configs.plan(layer, args.arch, limit, args.device_name or "", policy)
+    except (ImportError, RuntimeError, NotImplementedError) as err:
+        print(f"resilient-moe preflight --engine {args.engine}: {err}", file=sys.stderr)
+        return 2 if isinstance(err, (ImportError, NotImplementedError)) else 1
+    print(f"{args.engine} {configs.sglang.version()} fused_moe_kernel, {args.model} (tp {args.tp}), {args.dtype}"
+          f"{'' if layer.block_shape is None else f' block {layer.block_shape[0]}x{layer.block_shape[1]}'}, on "
+          f"{args.arch.name} with {limit} bytes of shared memory per block ({device}); triton {describe_compiler(args.arch.name)}")
+    print(engine_table(rows, args.arch.backend))
+    print(f"\n{sum(not r.fits for r in rows)} of {len(rows)} of the engine's configs do not fit")
+    if args.write_configs is not None:
+        for path in configs.write(rows, layer, args.device_name, Path(args.write_configs)):
+            print(f"wrote {path}")
+        print(f"serve with SGLANG_MOE_CONFIG_DIR={Path(args.write_configs).resolve()} (same Triton: the folder is per version)")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -335,6 +382,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _block_shape_arg(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"a quant block is N,K with two positive integers, e.g. 128,128; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _tokens_arg(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(_positive(part) for part in text.split(",")))
 
@@ -343,8 +397,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     """The arguments ``preflight`` and ``explain`` share: the chip, the dtype, the policy, the compile processes."""
     parser.add_argument("--arch", type=_chip_arg, required=True, metavar="CHIP",
                         help="target chip: gfx950 (MI355X), gfx942 (MI300X), sm_90 (H100), sm_100 (B200), ...")
-    parser.add_argument("--dtype", choices=[*DTYPES, *UPSTREAM_DTYPES[1:]], default="bf16",
-                        help="activation and weight dtype (default bf16; fp8 and mxfp4 with --kernel matmul_ogs)")
+    parser.add_argument("--dtype", choices=list(dict.fromkeys([*DTYPES, *UPSTREAM_DTYPES, *ENGINE_DTYPES])), default="bf16",
+                        help="activation and weight dtype (default bf16; fp8 and mxfp4 with --kernel matmul_ogs; "
+                        "fp8_w8a8 and int8_w8a8 with --engine)")
     parser.add_argument("--policy", metavar="FILE",
                         help="fallback policy YAML (default: RESILIENT_MOE_POLICY, else the shipped policy); "
                         "the server must use the same one")
@@ -382,7 +437,23 @@ def _add_preflight_commands(subparsers: argparse._SubParsersAction[argparse.Argu
                      f"tiles ({', '.join(UPSTREAM_DTYPES)}; runs upstream's host code, so needs a GPU machine)")
     pre.add_argument("--async-copy", action="store_true",
                      help=f"compile as with {ASYNC_COPY_ENV}=1 (AMD: one LDS buffer more per tile)")
-    pre.set_defaults(func=_preflight_command)
+    engine = pre.add_argument_group("an engine's own kernel (--engine)")
+    engine.add_argument("--engine", choices=("sglang",),
+                        help="check the engine's own fused_moe_kernel configs (its tuned file for --device-name, else its "
+                        "default) for every M row its tuning script writes; needs the engine installed, not a GPU")
+    engine.add_argument("--device-name", metavar="NAME",
+                        help="the target's name as torch reports it ('NVIDIA GeForce RTX 4090'): the tuned file the engine "
+                        "finds there, and the names of the files written")
+    engine.add_argument("--write-configs", metavar="DIR",
+                        help="write the engine's own config files, every row fitting, under DIR (SGLang: "
+                        "DIR/configs/triton_X_Y_Z/, up- and down-projection files; serve with SGLANG_MOE_CONFIG_DIR=DIR)")
+    engine.add_argument("--block-shape", type=_block_shape_arg, metavar="N,K",
+                        help="block-scaled fp8/int8 weights' quant block, e.g. 128,128 (DeepSeek-V3, Qwen3 FP8)")
+    engine.add_argument("--tp", type=_positive, default=1, metavar="N",
+                        help="tensor-parallel ranks: each holds intermediate/N of every expert (default 1)")
+    engine.add_argument("--shared-memory-limit", type=_positive, metavar="BYTES",
+                        help="what-if: the chip with this many bytes of shared memory per block (default: its own)")
+    pre.set_defaults(func=_preflight_command, engine=None, write_configs=None)
 
     exp = subparsers.add_parser(
         "explain",

@@ -60,6 +60,7 @@ PRESETS: dict[str, MoeModel] = {
     for m in (
         MoeModel(name="deepseek-v3", experts=256, top_k=8, hidden=7168, intermediate=2048),
         MoeModel(name="qwen3-235b-a22b", experts=128, top_k=8, hidden=4096, intermediate=1536),
+        MoeModel(name="qwen3-30b-a3b", experts=128, top_k=8, hidden=2048, intermediate=768),
         MoeModel(name="gpt-oss-120b", experts=128, top_k=4, hidden=2880, intermediate=2880, bias=True),
         MoeModel(name="mixtral-8x7b", experts=8, top_k=2, hidden=4096, intermediate=14336),
     )

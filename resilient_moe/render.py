@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import TileConfig
 
 if TYPE_CHECKING:
+    from .backends.engines.configs import Row as EngineRow
     from .backends.upstream.preflight import UpstreamRow
     from .policy import Policy
     from .preflight import Row, Step
@@ -145,3 +146,12 @@ def upstream_table(rows: Sequence[UpstreamRow]) -> str:
                      r.attempts, r.origin))
     return table(("gemm", "tokens", "upstream default", "bytes", "fits", "landed", "bytes", "attempts", "from"), body,
                  right=(1, 3, 6, 7))
+
+
+def engine_table(rows: Sequence[EngineRow], backend: str) -> str:
+    """``preflight --engine``: per M row, the engine's own config and its bytes, and the row written."""
+    from .backends.engines.fused_moe import as_tile
+
+    body = [(r.tokens, str(as_tile(r.default, backend)), r.default_bytes, "yes" if r.fits else "NO",
+             str(as_tile(r.written, backend)), r.written_bytes, r.compiled) for r in rows]
+    return table(("M", "engine's config", "bytes", "fits", "written", "bytes", "compiled"), body, right=(0, 2, 5, 6))

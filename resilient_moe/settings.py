@@ -6,6 +6,8 @@ they feed, and ``reset()`` (structlog's ``_config.py`` is the model).
 | ``RESILIENT_MOE_POLICY`` | once, at the first call without ``policy=`` | ``policy.environment_policy`` |
 | ``RESILIENT_MOE_CACHE_DIR`` | once, when the process cache is made | ``cache()`` |
 | ``RESILIENT_MOE_TARGET``, ``TRITON_INTERPRET`` | once, at the first call | ``targets.placement`` |
+| ``RESILIENT_MOE_SHARED_MEMORY_CAP`` | once, at the first call on a GPU | ``targets.cap_shared_memory`` |
+| ``RESILIENT_MOE_ENGINES`` | when an engine loads its plugins | ``backends.patching.enabled`` |
 | ``RESILIENT_MOE_LOG_FORMAT`` | at every event (a rare path) | ``events`` |
 | ``TRITON_HIP_USE_ASYNC_COPY`` (Triton's) | at every miss: it changes what compiles | cache keys on AMD, virtual compiles |
 

@@ -165,3 +165,38 @@ def test_preflight_s_launches_compile_like_the_ones_sglang_makes(sglang, monkeyp
             theirs = virtual.measure(virtual.job_for(kernel, tuple(positional), {**tile, **constexprs}, chip))
             mine = virtual.measure(virtual.job_for(kernel, ours, our_constexprs, chip))
             assert mine.shared == theirs.shared
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="compiles for virtual chips on a CPU")
+def test_preflight_rewrites_a_tuned_row_that_does_not_fit_and_sglang_loads_the_files(sglang, tmp_path, monkeypatch) -> None:
+    import json
+
+    from resilient_moe.backends.engines import configs
+    from resilient_moe.policy import active_policy
+    from resilient_moe.targets import chip
+
+    layer = configs.layer_for(4, 256, 128, 2, "fp8_w8a8", "float16", None, tokens=1)
+    tuned = tmp_path / "shipped"
+    small = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
+    folder = tuned / "configs" / f"triton_{__import__('triton').__version__.replace('.', '_')}"
+    folder.mkdir(parents=True)
+    for name in configs.file_names(layer, sglang_cpu.DEVICE_NAME):  # a file tuned on a larger chip
+        (folder / name).write_text(json.dumps({"1": small, "64": FP8_DEFAULT}))
+    monkeypatch.setenv("SGLANG_MOE_CONFIG_DIR", str(tuned))
+    rows = configs.plan(layer, chip("sm_89"), 101376, sglang_cpu.DEVICE_NAME, active_policy(), batch_sizes=(1, 64))
+    assert [(r.tokens, r.fits) for r in rows] == [(1, True), (64, False)]
+    assert rows[0].written == small and rows[1].default == FP8_DEFAULT
+    assert rows[1].default_bytes == 147456 and rows[1].written_bytes <= 101376
+    out = tmp_path / "fitted"
+    paths = configs.write(rows, layer, sglang_cpu.DEVICE_NAME, out)
+    assert [p.name for p in paths] == configs.file_names(layer, sglang_cpu.DEVICE_NAME)
+    monkeypatch.setenv("SGLANG_MOE_CONFIG_DIR", str(out))
+    lookup = sys.modules[adapter.CONFIG]
+    lookup.get_moe_configs.cache_clear()
+    try:
+        for row in rows:  # SGLang's own lookup returns the rows written
+            up, (down, _) = lookup.try_get_optimal_moe_config(
+                (4, 256, 256), layer.w2_shape, 2, "fp8_w8a8", row.tokens, return_down_config=True)
+            assert up == row.written and down == row.written
+    finally:
+        lookup.get_moe_configs.cache_clear()

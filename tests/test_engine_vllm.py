@@ -188,3 +188,22 @@ def test_block_scaled_weights_keep_block_k_within_the_quant_block(use_policy) ->
                 floors=floors, ceilings=ceilings)
     tiles = candidates(call, rm.policy.active_policy())
     assert ceilings == {"block_k": 128} and all(t.block_k <= 128 for t in tiles)
+
+
+def test_warm_up_settles_every_batch_size_before_a_capture(patched_vllm, small_chip, monkeypatch) -> None:
+    args, kwargs = fp8_call(patched_vllm)
+    x = torch.randn(64, args[0].shape[1], dtype=args[0].dtype, device=args[0].device)
+    _, w1, w2, _, _ = args
+    routing = moe_layer(tokens=64, seed=3)
+
+    def forward(m: int) -> torch.Tensor:
+        return patched_vllm.fused_experts(x[:m], w1, w2, routing[3][:m], routing[4][:m], **kwargs)
+
+    settled = rm.warm_up(forward, [1, 2, 4, 8, 8, 32])
+    assert set(settled) == {1, 2, 4, 8, 32} and all(r.origin == "ladder" for r in settled.values())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # stand-in for a capture (none on a CPU)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    for m in (1, 2, 4, 8, 32):  # every shape class known: no miss while "capturing"
+        forward(m)
+    with pytest.raises(fused_moe.CaptureMissError):
+        forward(64)  # never warmed up

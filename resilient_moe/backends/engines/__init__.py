@@ -8,7 +8,9 @@ the engines' own tuned-config files, fit-checked for a chip; warmup.py resolves 
 captures in CUDA graphs before it captures them.
 """
 
+from .fused_moe import CaptureMissError
 from .sglang import patch_sglang, unpatch_sglang
 from .vllm import patch_vllm, unpatch_vllm
+from .warmup import warm_up
 
-__all__ = ["patch_sglang", "patch_vllm", "unpatch_sglang", "unpatch_vllm"]
+__all__ = ["CaptureMissError", "patch_sglang", "patch_vllm", "unpatch_sglang", "unpatch_vllm", "warm_up"]

@@ -88,9 +88,11 @@ def _layer(arguments: dict[str, Any], fused_moe: Any, config: Any) -> Layer:
 def patch_sglang() -> None:
     """Put our ``fused_experts`` where SGLang's is looked up: its module (which SGLang's Triton runner
     imports from at every call) and every imported module holding it as a global. Safe to call again."""
+    from ...targets import placement
     from .. import patching
     from .fused_moe import front
 
+    placement()  # RESILIENT_MOE_SHARED_MEMORY_CAP in force before the engine's first launch
     with patching.lock:
         ours = engine()
         patching.swap("sglang", {id(ours.fused_experts): (ours.fused_experts, front(ours))})
@@ -162,7 +164,7 @@ def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[tuple[Any, t
             "c_ptr": pointer(out), "a_scale_ptr": scale_a, "b_scale_ptr": scale_b,
             "topk_weights_ptr": pointer(torch.float32), "sorted_token_ids_ptr": pointer(torch.int32),
             "expert_ids_ptr": pointer(torch.int32), "num_tokens_post_padded_ptr": pointer(torch.int32),
-            "add_mask_ptr": None, "N": n, "K": k, "EM": padded, "num_valid_tokens": rows,
+            "add_mask_ptr": None, "N": n, "K": k, "EM": _specialized(padded), "num_valid_tokens": _specialized(tokens * top_k),
             "stride_am": k, "stride_ak": 1, "stride_be": n * k, "stride_bk": 1, "stride_bn": k,
             "stride_bias_e": 0, "stride_bias_n": 0, "stride_cm": n, "stride_cn": 1,
             "stride_asm": scale_strides[0], "stride_ask": scale_strides[1], "stride_bse": scale_strides[2],
@@ -182,3 +184,9 @@ def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[tuple[Any, t
 
     return [gemm(layer.n, layer.k, layer.tokens, False, layer.top_k),
             gemm(layer.w2_shape[1], layer.w2_shape[2], rows, True, 1)]
+
+
+def _specialized(value: int) -> int:
+    """An integer argument as the JIT specializes it (1, a multiple of 16, or neither), so the M rows of
+    one config share one compile: their token counts differ, not their code."""
+    return value if value == 1 or value >= 2**31 else 16 if value % 16 == 0 else 17

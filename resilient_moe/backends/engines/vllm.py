@@ -124,9 +124,11 @@ def _experts_layer(arguments: dict[str, Any]) -> Layer:
 def patch_vllm() -> None:
     """Put ours where vLLM's entries are looked up: ``fused_experts`` in every imported module holding
     it, and ``TritonExperts.apply`` on the class. Safe to call again."""
+    from ...targets import placement
     from .. import patching
     from .fused_moe import front
 
+    placement()  # RESILIENT_MOE_SHARED_MEMORY_CAP in force before the engine's first launch
     with patching.lock:
         function, *methods = engines()
         patching.swap(OWNER, {id(function.fused_experts): (function.fused_experts, front(function))})

@@ -101,15 +101,16 @@ class UpstreamKey(NamedTuple):
 
 
 def _call(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return _resolve(up, args, kwargs)[0]
+    return run(up, args, kwargs)[0]
 
 
 def resolved(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Resolution | None:
     """Run one call of copy ``up`` and say how its tile was settled (None: no tile to choose)."""
-    return _resolve(up, args, kwargs)[1]
+    return run(up, args, kwargs)[1]
 
 
-def _resolve(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Resolution | None]:
+def run(up: Upstream, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Resolution | None]:
+    """One call of copy ``up`` with the tiling fallback: its result, and how its tile was settled."""
     entry = up.entry
     names = _NAMES[entry]
     x, w = _argument(up, names.x, args, kwargs), _argument(up, names.w, args, kwargs)
