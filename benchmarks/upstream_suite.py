@@ -28,8 +28,14 @@ def pytest_collection_finish(session: Any) -> None:
     rm.patch_triton_kernels()
 
 
+def _own_root(tests: Path) -> list[str]:
+    """Upstream's tests run as in their own checkout: rooted at their folder, not at an enclosing project
+    (whose ini would name test ids from its own root, which these runs, started in that folder, miss)."""
+    return ["--rootdir", str(tests.parent), "-c", os.devnull, "-p", "no:cacheprovider"]
+
+
 def _collect(tests: Path) -> list[str]:
-    found = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(tests)],
+    found = subprocess.run([sys.executable, "-m", "pytest", *_own_root(tests), "--collect-only", "-q", str(tests)],
                            capture_output=True, text=True, cwd=tests.parent)
     ids = sorted(line.strip() for line in found.stdout.splitlines() if "::" in line)
     if not ids:
@@ -40,7 +46,7 @@ def _collect(tests: Path) -> list[str]:
 def _run(tests: Path, ids: list[str], report: Path, patched: bool) -> dict[str, str]:
     plugin = ["-p", "upstream_suite"] if patched else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, f"--junitxml={report}", *ids],
+    subprocess.run([sys.executable, "-m", "pytest", *_own_root(tests), "-q", *plugin, f"--junitxml={report}", *ids],
                    cwd=tests.parent, env=env, capture_output=True, text=True)
     outcomes: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):

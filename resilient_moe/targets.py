@@ -140,7 +140,8 @@ class Placement:
             return None
         from triton.runtime.driver import driver
 
-        return _device_shared_limit(driver.active.get_current_device())
+        limit = _device_shared_limit(driver.active.get_current_device())
+        return limit if _cap is None else min(limit, _cap)
 
 
 @functools.cache
@@ -166,26 +167,25 @@ def cap_shared_memory(limit: int | None) -> None:
     """Make this GPU behave like one with ``limit`` bytes of shared memory per block (None: its own).
 
     A testing and what-if tool: kernels still compile for the real chip, but Triton's own check before
-    a launch (``CompiledKernel._init_handles``) compares their bytes with the cap and raises its real
-    ``OutOfResources``, so recovery for the 101376-byte class (RTX 4090, L40S, RTX 5090) runs and is
-    timed on an H100. It caps what Triton's driver reports, for every kernel of the process; kernels
-    already compiled and loaded are not checked again, so set it before the first launch. Torch's own
-    device properties are not capped: an engine that asks torch picks the tile a larger chip gets."""
-    from triton.runtime.driver import driver
+    a launch (``CompiledKernel._init_handles``, through ``triton.compiler.compiler.max_shared_mem``)
+    compares their bytes with the cap and raises its real ``OutOfResources``, so recovery for the
+    101376-byte class (RTX 4090, L40S, RTX 5090) runs and is timed on an H100. Every kernel of the
+    process is held to it; kernels already compiled and loaded are not checked again, so set it before
+    the first launch. Torch's own device properties are not capped: an engine that asks torch picks
+    the tile a larger chip gets."""
+    global _cap
+    import triton.compiler.compiler as compiler
 
-    utils = driver.active.utils
-    uncapped = getattr(utils, "_resilient_moe_uncapped", utils.get_device_properties)
+    uncapped = getattr(compiler, "_resilient_moe_uncapped", compiler.max_shared_mem)
+    compiler._resilient_moe_uncapped = uncapped
     if limit is None:
-        utils.get_device_properties = uncapped
+        compiler.max_shared_mem = uncapped
     else:
-        def capped(device: int) -> dict[str, object]:
-            properties = dict(uncapped(device))
-            properties["max_shared_mem"] = min(int(properties["max_shared_mem"]), limit)  # type: ignore[call-overload]
-            return properties
+        compiler.max_shared_mem = lambda device: min(uncapped(device), limit)
+    _cap = limit
 
-        utils.get_device_properties = capped
-    utils._resilient_moe_uncapped = uncapped
-    _device_shared_limit.cache_clear()
+
+_cap: int | None = None
 
 
 def shared_limit(arch: str, device: torch.device) -> int | None:

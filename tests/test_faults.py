@@ -68,9 +68,11 @@ def alias_bomb(levels: int = 9) -> str:
 
 
 def _subprocess_env(**extra: str) -> dict[str, str]:
-    """This environment for a child Python, minus the interpreter switch (children decide for themselves)."""
+    """This environment for a child Python, minus the interpreter switch (children decide for themselves);
+    its PYTHONPATH keeps ours after the repository (the GPU machine's packages are installed there)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RESILIENT_MOE_TARGET")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *extra.pop("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep)
+    paths = [str(REPO), *extra.pop("PYTHONPATH", "").split(os.pathsep), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return {**env, **extra}
 
 
