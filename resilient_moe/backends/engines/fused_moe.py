@@ -25,6 +25,7 @@ from ...cache import key_text, row_bucket
 from ...config import TileConfig
 from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
+from ...settings import BoundedStore
 from ..timing import timed_ms
 from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement
 
@@ -155,9 +156,23 @@ def shared_lower_bound(layer: Layer) -> Callable[[TileConfig], int]:
     return bound
 
 
-def key_for(engine: Engine, layer: Layer, own: dict[str, Any], where: Placement, policy: str) -> EngineKey:
+_DERIVED = BoundedStore(1024)
+"""An engine config's tile and key text, per config: a cached call derives neither again (the engines
+return one of a few dicts per layer, their tuned rows or defaults)."""
+
+
+def derived(own: dict[str, Any], backend: str) -> tuple[TileConfig, str]:
+    """The engine config ``own`` as our tile on ``backend``, and as the key's text."""
+    memo = (backend, *sorted(own.items()))
+    found = _DERIVED.get(memo)
+    if found is None:
+        found = (as_tile(own, backend), ",".join(f"{name}={own[name]}" for name in sorted(own)))
+        _DERIVED.put(memo, found)
+    return found
+
+
+def key_for(engine: Engine, layer: Layer, engine_config: str, where: Placement, policy: str) -> EngineKey:
     block = "" if layer.block_shape is None else f"{layer.block_shape[0]}x{layer.block_shape[1]}"
-    engine_config = ",".join(f"{name}={own[name]}" for name in sorted(own))
     return EngineKey(
         f"{engine.name}.fused_experts", where.arch, _TRITON, engine.version, layer.experts, layer.n, layer.k,
         layer.top_k, layer.dtype or layer.activation, block, layer.per_channel, row_bucket(layer.tokens),
@@ -199,8 +214,8 @@ def _resolved(
 ) -> tuple[Any, Resolution]:
     policy = active_policy()
     own = engine.own_config(layer)
-    default = as_tile(own, backend_of(where))
-    key = key_for(engine, layer, own, where, policy.fingerprint)
+    default, engine_config = derived(own, backend_of(where))
+    key = key_for(engine, layer, engine_config, where, policy.fingerprint)
 
     def attempt(tile: TileConfig) -> Any:
         with _checked(engine, where, tile):
