@@ -84,13 +84,18 @@ def _call(fused_moe: Any, layer: dict[str, Any], tokens: int, seed: int = 1) -> 
 
 
 def _ms(run: Any, reps: int) -> float:
-    """Median of ``reps`` CUDA-event timings of ``run`` (after one untimed run)."""
+    """Median of ``reps`` CUDA-event timings of a CUDA graph of ``run`` (compiled first): eager, an
+    engine's Python path (about 0.5 ms a call) is what the events would measure at small M."""
     run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    graph.replay()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run()
+        graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
@@ -114,18 +119,19 @@ def _sweep(tokens: int, experts: int, top_k: int, block: bool) -> list[dict[str,
     return out
 
 
-def section_recover(deadline: float, out_file: Path) -> list[dict[str, Any]]:
+def section_recover(deadline: float, out_file: Path, models: list[str], dtypes: list[str]) -> list[dict[str, Any]]:
     from triton.runtime.errors import OutOfResources
 
     from resilient_moe.backends.engines import fused_moe as engines, sglang as adapter
+    from resilient_moe.targets import placement
     from resilient_moe.testing import capture
 
     fused_moe, utils, config = _sglang()
     engine = adapter.engine()
     limit = int(os.environ["RESILIENT_MOE_SHARED_MEMORY_CAP"])
     rows: list[dict[str, Any]] = []
-    for model in MODELS:
-        for block in (False, True):
+    for model in models:
+        for block in (dtype == "block" for dtype in dtypes):
             layer = _layer(model, block)
             for tokens in TOKENS:
                 if time.perf_counter() > deadline:
@@ -155,7 +161,7 @@ def section_recover(deadline: float, out_file: Path) -> list[dict[str, Any]]:
                 low_smem = _low_smem_default(config, at) if not block else own
                 t_low = timed(low_smem)
                 sweep = []
-                bound = engines.shared_lower_bound(at)
+                bound = engines.shared_lower_bound(at, placement().arch)
                 for cfg in _sweep(tokens, at.experts, at.top_k, block):
                     if bound(engines.as_tile(cfg, "cuda")) > limit or time.perf_counter() > deadline:
                         continue
@@ -201,7 +207,7 @@ def _low_smem_default(config: Any, layer: Any) -> dict[str, Any]:
         config._use_low_smem_fp8_default = saved
 
 
-def section_configs(deadline: float, out_file: Path) -> list[dict[str, Any]]:
+def section_configs(deadline: float, out_file: Path, models: list[str], dtypes: list[str]) -> list[dict[str, Any]]:
     from resilient_moe.backends.engines import configs as files, sglang as adapter
     from resilient_moe.targets import placement
 
@@ -210,7 +216,7 @@ def section_configs(deadline: float, out_file: Path) -> list[dict[str, Any]]:
     assert not getattr(fused_moe.fused_experts, "__resilient_moe_front__", False)
     engine = adapter.engine()
     rows: list[dict[str, Any]] = []
-    for model, block in (("qwen3-30b-a3b", False), ("deepseek-v3", True)):
+    for model, block in ((m, d == "block") for m in models for d in dtypes):
         layer = _layer(model, block)
         for tokens in files.BATCH_SIZES:
             if time.perf_counter() > deadline:
@@ -232,13 +238,13 @@ def section_configs(deadline: float, out_file: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def section_graph(deadline: float, out_file: Path) -> dict[str, Any]:
+def section_graph(deadline: float, out_file: Path, models: list[str], dtypes: list[str]) -> dict[str, Any]:
     import resilient_moe as rm
     from resilient_moe.backends.engines import sglang as adapter
 
     fused_moe, utils, config = _sglang()
     rm.patch_sglang()
-    layer = _layer("qwen3-30b-a3b", False)
+    layer = _layer(models[0], dtypes[0] == "block")
     sizes = (1, 2, 4, 8, 16, 32, 64, 128)
     largest, kwargs = _call(fused_moe, layer, max(sizes))
     x, w1, w2, (weights, ids, logits), runner = largest
@@ -275,12 +281,18 @@ def main() -> None:
     cli.add_argument("--section", required=True, choices=["recover", "configs", "graph"])
     cli.add_argument("--out", type=Path, required=True)
     cli.add_argument("--budget-s", type=float, default=400.0, help="stop starting new rows after this many seconds")
+    cli.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")
+    cli.add_argument("--dtypes", default="tensor,block", help="comma-separated: tensor (fp8 per-tensor), block (fp8 128x128)")
     args = cli.parse_args()
     if not os.environ.get("RESILIENT_MOE_SHARED_MEMORY_CAP"):
         sys.exit("set RESILIENT_MOE_SHARED_MEMORY_CAP (e.g. 101376): the sections measure a smaller chip")
     args.out.mkdir(parents=True, exist_ok=True)
     sections = {"recover": section_recover, "configs": section_configs, "graph": section_graph}
-    result = sections[args.section](time.perf_counter() + args.budget_s, args.out / f"engine_{args.section}.json")
+    models, dtypes = args.models.split(","), args.dtypes.split(",")
+    if set(models) - set(MODELS) or set(dtypes) - {"tensor", "block"}:
+        sys.exit(f"--models {args.models!r} / --dtypes {args.dtypes!r}: unknown name")
+    deadline = time.perf_counter() + args.budget_s
+    result = sections[args.section](deadline, args.out / f"engine_{args.section}.json", models, dtypes)
     print(json.dumps({"device": torch.cuda.get_device_name(), "section": args.section, "result": result}, default=str)[:4000])
 
 

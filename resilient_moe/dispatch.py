@@ -212,6 +212,7 @@ def _climb(
     stale: Attempt | None = None,
 ) -> tuple[T, Resolution]:
     config, pinned = _start(call, policy)
+    start = config
     ladder = call.ladder(policy)
     tried: list[Attempt] = []
     pending: list[TileConfig] = []
@@ -226,7 +227,9 @@ def _climb(
                 failed = Attempt(config, err.name, err.required, err.limit)
             else:
                 tried.append(Attempt(config))
-                config, compared = _fastest(call, config, pending, policy, pinned, recovered=len(tried) > 1)
+                recovered = len(tried) > 1
+                below = [*pending[: ladder.compare], *_second_move_first(call, start, policy, pinned, resource, recovered)]
+                config, compared = _fastest(call, config, below, policy, pinned, recovered)
                 written = cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
                 timings = {"compared": compared} if compared else {}
                 events.selected(
@@ -260,20 +263,40 @@ since a GPU's clocks ramp and drift by more than the differences compared (one t
 a compile, measured 16% slower than the next)."""
 
 
+def _second_move_first(
+    call: Call, start: TileConfig, policy: Policy, pinned: frozenset[str], resource: str | None, recovered: bool
+) -> list[TileConfig]:
+    """Where the ladder lands with its first two moves swapped (``ladder.compare_second_move``, with
+    ``ladder.compare`` at least 1): the first
+    rung the kernel's lower bound says fits (none without a bound). The shipped order keeps the MMA tile
+    and gives up stages; this one keeps the stages: on SGLang's fp8 fused_moe under a 101376-byte cap,
+    block_n 128 at 4 stages beats block_n 256 at 2 (docs/design.md, "Ladder")."""
+    ladder = policy.ladder
+    if not (recovered and ladder.compare and ladder.compare_second_move and resource and call.shared_lower_bound and call.shared_limit):
+        return []
+    moves = policy.moves_for(resource)
+    if len(moves) < 2:
+        return []
+    swapped = (moves[1], moves[0], *moves[2:])
+    for rung in rungs(start, call.ladder(policy), swapped, pinned, call.rows_per_expert):
+        if call.shared_lower_bound(rung) <= call.shared_limit:
+            return [rung]
+    return []
+
+
 def _fastest(
     call: Call, landed: TileConfig, below: list[TileConfig], policy: Policy, pinned: frozenset[str], recovered: bool
 ) -> tuple[TileConfig, list[dict[str, Any]]]:
-    """With a timer: the fastest of the tile that fits, after a recovery the next rungs below it that fit
-    (``ladder.compare``), and its other kernel forms (``ladder.compare_forms``). The first tile that
-    fits is not always the fastest: on an H100 the DeepSeek-V3 prefill GEMM runs 10% faster at one
-    stage fewer, and on uniform routing 10 to 14% faster one tile per program than persistent. Without
-    a timer, or with nothing to time against, the tile that fits."""
+    """With a timer: the fastest of the tile that fits, the tiles ``below`` it (after a recovery: the
+    next ``ladder.compare`` rungs and the landing of the ladder with its second move first) that fit,
+    and its other kernel forms (``ladder.compare_forms``). The first tile that fits is not always the fastest: on an
+    H100 the DeepSeek-V3 prefill GEMM runs 10% faster at one stage fewer, and on uniform routing 10 to
+    14% faster one tile per program than persistent. Without a timer, or with nothing to time against,
+    the tile that fits."""
     when = policy.ladder.compare_forms
     forms = call.forms(landed) if call.forms is not None and (when == "always" or when == "recovery" and recovered) else []
-    candidates = [
-        *(form for form in forms if all(getattr(form, name) == getattr(landed, name) for name in pinned)),
-        *below[: policy.ladder.compare],
-    ]
+    candidates = [*(form for form in forms if all(getattr(form, name) == getattr(landed, name) for name in pinned))]
+    candidates += [c for c in below if c != landed and c not in candidates]
     timed = [landed, *(c for c in candidates if predicted_shortage(call, c, policy) is None)]
     if call.timer is None or len(timed) == 1:
         return landed, []

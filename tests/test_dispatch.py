@@ -286,7 +286,9 @@ def test_a_persistent_tile_that_fits_at_once_is_timed_against_its_one_tile_form_
     assert timed == []  # the faster form is the cached winner
 
 
-def test_a_recovery_times_the_landing_tile_its_one_tile_form_and_the_rung_below(target, monkeypatch) -> None:
+def test_a_recovery_times_the_landing_tile_its_one_tile_form_the_rung_below_and_the_second_move_first(
+    target, monkeypatch
+) -> None:
     target("sm_90")
     timed: list[rm.TileConfig] = []
     monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed, lambda c: c.num_stages if c.is_persistent else 0.5))
@@ -296,9 +298,15 @@ def test_a_recovery_times_the_landing_tile_its_one_tile_form_and_the_rung_below(
         moe_matmul(x, w, routing, "gather", policy=policy_with("sm_90", over, ladder={"trim_block_m": False}))
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     landed = rm.TileConfig(64, 256, 128, group_m=8, num_warps=4, num_stages=2, is_persistent=True)
-    assert timed == [landed, landed.replace(is_persistent=False), landed.replace(num_stages=1)] * ROUNDS
+    block_n_first = landed.replace(block_n=128, num_stages=4)  # 147456 B: fits with the default's stages
+    assert timed == [landed, landed.replace(is_persistent=False), landed.replace(num_stages=1), block_n_first] * ROUNDS
     assert selected["config"] == landed.replace(is_persistent=False).as_dict()
-    assert [c["ms"] for c in selected["compared"]] == [2.0, 0.5, 1.0]
+    assert [c["ms"] for c in selected["compared"]] == [2.0, 0.5, 1.0, 4.0]
+    with capture() as logs:
+        moe_matmul(x, w, routing, "gather", policy=policy_with("sm_90", over, ladder={"trim_block_m": False,
+                                                                                   "compare_second_move": False}))
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    assert block_n_first.as_dict() not in [c["config"] for c in selected["compared"]]
 
 
 def test_a_one_tile_tile_that_fits_is_not_timed(target, monkeypatch) -> None:
@@ -342,5 +350,5 @@ def test_compare_times_real_launches_on_the_gpu() -> None:
     torch.testing.assert_close(out, rm.moe_matmul_reference(x, w, routing, "gather"), atol=2e-2, rtol=2e-2)
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     compared = selected["compared"]
-    assert len(compared) == 2 and all(c["ms"] > 0 for c in compared)
+    assert len(compared) == 3 and all(c["ms"] > 0 for c in compared)  # the landing, the rung below, block_n first
     assert selected["config"] == min(compared, key=lambda c: c["ms"])["config"]

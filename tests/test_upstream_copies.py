@@ -70,7 +70,8 @@ def test_vendored_copies_are_found_patched_and_unpatched_each_with_its_own_front
             assert core.entries == ["matmul_ogs"] * 3 + ["matmul"] * 3  # each front called its own copy
 
             found = {up.module.__name__: up for up in adapter.copies()}
-            assert set(found) == {f"{VLLM}.matmul_ogs", f"{SGLANG}.matmul"}
+            standalone = {"triton_kernels.matmul_ogs"}  # upstream's own package, where one is importable (GPU checks)
+            assert set(found) - standalone == {f"{VLLM}.matmul_ogs", f"{SGLANG}.matmul"}
             assert found[f"{VLLM}.matmul_ogs"].source.startswith(VLLM + "@")
             assert patch.patched(vllm_fn) == [f"{VLLM}.matmul_ogs.matmul_ogs", "stand_in_vllm_layer.matmul_ogs"]
 

@@ -1,6 +1,7 @@
 """How a backend times one tile for ``ladder.compare``: CUDA events around plain calls, no cache-flush
 buffer to allocate (triton's do_bench takes 256 MB), so a server whose memory is spoken for can still
-recover."""
+recover. A call whose host path outlasts its kernels (an engine's Python fused-experts call) is timed
+from a CUDA graph of it, else the events measure the host."""
 
 from __future__ import annotations
 
@@ -29,3 +30,15 @@ def elapsed_ms(run: Callable[[], None], times: int) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / times
+
+
+def replayed_ms(run: Callable[[], None]) -> float:
+    """Mean device milliseconds of ``run`` replayed from a CUDA graph of one call (compiled before the
+    capture). ``run`` must be capturable, as a call served from CUDA graphs is; a capture that fails
+    raises (it also leaves torch's generator state unusable in the process, so it is not retried eagerly)."""
+    run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    estimate = elapsed_ms(graph.replay, 1)
+    return elapsed_ms(graph.replay, max(3, min(100, int(TIMED_MS / max(estimate, 1e-3)))))

@@ -66,7 +66,7 @@ def plan(layer: Layer, chip: Chip, limit: int, device_name: str, policy: Policy,
             default = as_tile(own, backend)
             floors, ceilings = rules(at)
             call = Call(kernel="sglang.fused_experts", key=("preflight",), arch=chip.name, shape={}, default=default,
-                        shared_lower_bound=shared_lower_bound(at), shared_limit=limit,
+                        shared_lower_bound=shared_lower_bound(at, chip.name), shared_limit=limit,
                         rows_per_expert=-(-tokens * at.top_k // at.experts), floors=floors, ceilings=ceilings)
             tried = 0
             default_bytes = -1

@@ -26,7 +26,7 @@ from ...config import TileConfig
 from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
 from ...settings import BoundedStore
-from ..timing import timed_ms
+from ..timing import replayed_ms
 from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement
 
 CONFIG_NAMES = {"block_m": "BLOCK_SIZE_M", "block_n": "BLOCK_SIZE_N", "block_k": "BLOCK_SIZE_K",
@@ -140,17 +140,18 @@ def rules(layer: Layer) -> tuple[dict[str, int], dict[str, int]]:
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def shared_lower_bound(layer: Layer) -> Callable[[TileConfig], int]:
-    """Bytes a tile needs at least: the operand tiles a pipelined dot keeps in shared memory, one buffer
-    per stage but one (what sm_89 and a CDNA chip without async copies keep; sm_90 keeps one more).
-    Weights converted before the dot (int8/int4 under 16-bit activations) may stay in registers, so
-    only the activation tile counts there. Checked against real compiles of SGLang's kernel."""
+def shared_lower_bound(layer: Layer, arch: str) -> Callable[[TileConfig], int]:
+    """Bytes a tile needs at least on ``arch``: the operand tiles a pipelined dot keeps in shared memory,
+    one buffer per stage on sm_90 at block_m >= 64 (a warpgroup MMA), one per stage but one elsewhere
+    (sm_89, CDNA without async copies; a lower bound on chips not measured). Weights converted before
+    the dot (int8/int4 under 16-bit activations) may stay in registers, so only the activation tile
+    counts there. Checked against real compiles of SGLang's kernel (exact for the tested fp8 and bf16
+    tiles on sm_89 and sm_90)."""
     eight_bit = layer.dtype in ("fp8_w8a8", "int8_w8a8")
     a_bytes = 1 if eight_bit else _BYTES.get(layer.activation, 2)
     b_bytes = a_bytes if layer.dtype in (None, "fp8_w8a8", "int8_w8a8") else 0
-
     def bound(tile: TileConfig) -> int:
-        buffers = max(tile.num_stages - 1, 1)
+        buffers = max(tile.num_stages - (0 if arch == "sm_90" and tile.block_m >= 64 else 1), 1)
         return buffers * (tile.block_m * tile.block_k * a_bytes + tile.block_k * tile.block_n * b_bytes)
 
     return bound
@@ -238,7 +239,7 @@ def _resolved(
             shape={"tokens": layer.tokens, "experts": layer.experts, "n": layer.n, "k": layer.k, "top_k": layer.top_k},
             default=default,
             fields={"dtype": layer.dtype or layer.activation, "engine": f"{engine.name} {engine.version}"},
-            shared_lower_bound=shared_lower_bound(layer),
+            shared_lower_bound=shared_lower_bound(layer, where.arch),
             shared_limit=where.shared_limit,
             rows_per_expert=-(-layer.tokens * layer.top_k // layer.experts),
             timer=_timer(engine, arguments, where, own, default),
@@ -346,7 +347,8 @@ def _timer(
     engine: Engine, arguments: dict[str, Any], where: Placement, own: dict[str, Any], default: TileConfig
 ) -> Callable[[TileConfig], float] | None:
     """Milliseconds of the whole call under a tile, for ``ladder.compare`` (GPU only, never while a graph
-    is captured). An in-place call is timed on a copy of its activations, so the caller's stay as given."""
+    is captured), replayed from a CUDA graph: eager, the engine's Python path is what would be timed. An
+    in-place call is timed on a copy of its activations, so the caller's stay as given."""
     hidden = arguments.get(engine.hidden_states)
     if where.interpreter or where.virtual is not None or not isinstance(hidden, torch.Tensor) or hidden.device.type != "cuda":
         return None
@@ -360,7 +362,7 @@ def _timer(
         else:
             overridden(engine, as_config(tile, own), lambda: engine.fused_experts(**timed))
 
-    return lambda tile: timed_ms(functools.partial(once, tile))
+    return lambda tile: replayed_ms(functools.partial(once, tile))
 
 
 def _empty(engine: Engine, arguments: dict[str, Any], layer: Layer) -> Any:

@@ -71,22 +71,21 @@ def try_get_optimal_moe_config(w1_shape, w2_shape, top_k: int, dtype: str | None
 
 
 def _expert_gemm(x: torch.Tensor, w: torch.Tensor, topk_ids: torch.Tensor, config: dict[str, Any], rows_of: torch.Tensor) -> torch.Tensor:
-    """out[j] = x[rows_of[j]] @ w[expert of j].T for every (token, slot) j, one kernel launch per expert."""
+    """out[j] = x[rows_of[j]] @ w[expert of j].T for every (token, slot) j: one kernel launch per expert
+    over every slot, kept where the slot's expert matches. No host synchronization, so the call can be
+    captured in a CUDA graph, as vLLM's own is."""
     flat = topk_ids.reshape(-1)
     out = torch.zeros(flat.numel(), w.shape[1], dtype=x.dtype, device=x.device)
     tile = {k: config[k] for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages") if k in config}
     launches.append(dict(tile))
+    a = x[rows_of].contiguous()
     for expert in range(w.shape[0]):
-        slots = (flat == expert).nonzero(as_tuple=True)[0]
-        if slots.numel() == 0:
-            continue
-        a = x[rows_of[slots]].contiguous()
-        c = torch.empty(slots.numel(), w.shape[1], dtype=x.dtype, device=x.device)
+        c = torch.empty(a.shape[0], w.shape[1], dtype=x.dtype, device=x.device)
         b = w[expert]
         grid = (triton.cdiv(a.shape[0], tile["BLOCK_SIZE_M"]) * triton.cdiv(b.shape[0], tile["BLOCK_SIZE_N"]),)
         fused_moe_kernel[grid](a, b, c, a.shape[0], b.shape[0], a.shape[1], a.stride(0), a.stride(1),
                                b.stride(0), b.stride(1), c.stride(0), c.stride(1), **tile)
-        out[slots] = c
+        out = torch.where((flat == expert)[:, None], c, out)
     return out
 
 
