@@ -175,6 +175,7 @@ def section_recover(deadline: float, out_file: Path, models: list[str], dtypes: 
                     "sglang_config": own, "landed": landed.as_dict(), "first_call_s": round(first_s, 3),
                     "downgrades": [{k: e.get(k) for k in ("from", "to", "required", "limit", "predicted")}
                                    for e in log if e["event"] == "tiling.downgrade"],
+                    "compared": [] if resolution is None else list(resolution.compared),
                     "ms_landed": t_landed, "low_smem_default": low_smem, "ms_low_smem_default": t_low,
                     "sweep_size": len(sweep), "sweep_best": best_cfg, "ms_sweep_best": best_t,
                     "vs_low_smem": None if not (t_low and t_landed) else round(t_low / t_landed, 3),
