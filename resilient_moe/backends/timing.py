@@ -1,10 +1,12 @@
 """How a backend times one tile for ``ladder.compare``: CUDA events around plain calls, no cache-flush
 buffer to allocate (triton's do_bench takes 256 MB), so a server whose memory is spoken for can still
-recover. A call whose host path outlasts its kernels (an engine's Python fused-experts call) is timed
-from a CUDA graph of it, else the events measure the host."""
+recover. A call whose host path outlasts its kernels (an engine's Python fused-experts call) is queued
+behind a GPU wait, else the events measure the host."""
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 
 import torch
@@ -32,13 +34,21 @@ def elapsed_ms(run: Callable[[], None], times: int) -> float:
     return start.elapsed_time(end) / times
 
 
-def replayed_ms(run: Callable[[], None]) -> float:
-    """Mean device milliseconds of ``run`` replayed from a CUDA graph of one call (compiled before the
-    capture). ``run`` must be capturable, as a call served from CUDA graphs is; a capture that fails
-    raises (it also leaves torch's generator state unusable in the process, so it is not retried eagerly)."""
+def queued_ms(run: Callable[[], None]) -> float:
+    """Mean device milliseconds of ``run`` with its host path left out: the runs are queued behind a GPU
+    wait (``torch.cuda._sleep``) long enough for the host to enqueue them all, so they execute back to
+    back. No CUDA graph is captured: a capture would break other threads' launches and generators."""
     run()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    estimate = elapsed_ms(graph.replay, 1)
-    return elapsed_ms(graph.replay, max(3, min(100, int(TIMED_MS / max(estimate, 1e-3)))))
+    started = time.perf_counter()
+    run()
+    host_ms = (time.perf_counter() - started) * 1e3
+    times = max(3, min(100, int(TIMED_MS / max(elapsed_ms(run, 1), 1e-3))))
+    torch.cuda._sleep(int(1.5 * host_ms * times * _cycles_per_ms(torch.cuda.current_device())))
+    return elapsed_ms(run, times)
+
+
+@functools.cache
+def _cycles_per_ms(device: int) -> float:
+    """The GPU clock as ``torch.cuda._sleep`` counts it, measured once per device."""
+    cycles = 20_000_000
+    return cycles / elapsed_ms(lambda: torch.cuda._sleep(cycles), 1)

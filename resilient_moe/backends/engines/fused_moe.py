@@ -26,7 +26,7 @@ from ...config import TileConfig
 from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
 from ...settings import BoundedStore
-from ..timing import replayed_ms
+from ..timing import queued_ms
 from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement
 
 CONFIG_NAMES = {"block_m": "BLOCK_SIZE_M", "block_n": "BLOCK_SIZE_N", "block_k": "BLOCK_SIZE_K",
@@ -347,8 +347,8 @@ def _timer(
     engine: Engine, arguments: dict[str, Any], where: Placement, own: dict[str, Any], default: TileConfig
 ) -> Callable[[TileConfig], float] | None:
     """Milliseconds of the whole call under a tile, for ``ladder.compare`` (GPU only, never while a graph
-    is captured), replayed from a CUDA graph: eager, the engine's Python path is what would be timed. An
-    in-place call is timed on a copy of its activations, so the caller's stay as given."""
+    is captured), queued behind a GPU wait: timed as it comes, the engine's Python path is what would be
+    measured. An in-place call is timed on a copy of its activations, so the caller's stay as given."""
     hidden = arguments.get(engine.hidden_states)
     if where.interpreter or where.virtual is not None or not isinstance(hidden, torch.Tensor) or hidden.device.type != "cuda":
         return None
@@ -362,7 +362,7 @@ def _timer(
         else:
             overridden(engine, as_config(tile, own), lambda: engine.fused_experts(**timed))
 
-    return lambda tile: replayed_ms(functools.partial(once, tile))
+    return lambda tile: queued_ms(functools.partial(once, tile))
 
 
 def _empty(engine: Engine, arguments: dict[str, Any], layer: Layer) -> Any:
