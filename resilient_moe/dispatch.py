@@ -278,8 +278,8 @@ def _second_move_first(
         return []
     walk = call.ladder(policy)
     second = moves[1]
-    stepped = next((r for r in rungs(start, walk, (second,), pinned, call.rows_per_expert)
-                    if getattr(r, second) != getattr(start, second)), None)
+    first_steps = rungs(start, walk, (second, *(m for m in moves if m != second)), pinned, call.rows_per_expert)
+    stepped = next((r for r in first_steps if getattr(r, second) != getattr(start, second)), None)  # after any trim
     if stepped is None:
         return []
     for rung in [stepped, *rungs(stepped, walk, moves, pinned)]:

@@ -244,6 +244,21 @@ def test_compare_keeps_the_fastest_of_the_landing_tile_and_the_rungs_below(compa
     assert timed == [] and [e["event"] for e in logs] == []  # the fastest is the cached winner
 
 
+def test_the_second_move_candidate_keeps_the_block_m_cut_and_the_default_s_stages(target, monkeypatch) -> None:
+    target("gfx950")
+    timed: list[rm.TileConfig] = []
+    monkeypatch.setattr(builtin, "_timer", gpu_timer_double(timed, lambda c: 1.0 if c.block_n == 128 else 2.0))
+    x, w, routing = problem()
+    policy = policy_with("gfx950", {**OVER_GFX950, "num_stages": 4}, ladder={"compare": 1})
+    with capture() as logs:
+        moe_matmul(x, w, routing, "gather", policy=policy)
+    (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
+    landed = rm.TileConfig(16, 256, 128, group_m=8, num_warps=4, num_stages=3)  # the block_m cut, one stage fewer
+    second = rm.TileConfig(16, 128, 128, group_m=8, num_warps=4, num_stages=4)  # the cut, block_n halved, 4 stages
+    assert timed == [landed, landed.replace(num_stages=2), second] * ROUNDS
+    assert selected["config"] == second.as_dict()
+
+
 def test_compare_without_a_timer_keeps_the_landing_tile(target) -> None:
     target("gfx950")  # the interpreter and virtual chips have no timer: nothing is timed
     x, w, routing = problem()
