@@ -56,8 +56,10 @@ def _policy_check(args: argparse.Namespace) -> int:
     print(f"  rungs the kernel's estimate puts over the limit: {'skipped, not compiled' if ladder.skip_predicted else 'compiled'}")
     trim = "first cut to the rows per expert" if ladder.trim_block_m else "moves only in its place in the order"
     print(f"  block_m above the rows an expert gets: {trim}")
+    second = (f" and the ladder's landing begun with one {ladder.order[1]} step"
+              if ladder.compare_second_move and len(ladder.order) > 1 else "")
     below = "kept: the first tile that fits wins" if ladder.compare == 0 else (
-        f"timed against the {ladder.compare} fitting rung{'s' if ladder.compare > 1 else ''} below it on a GPU, "
+        f"timed against the {ladder.compare} fitting rung{'s' if ladder.compare > 1 else ''} below it{second} on a GPU, "
         "the fastest kept")
     print(f"  after a recovery, the landing tile: {below}")
     forms = {"never": "never", "recovery": "after a recovery", "always": "on every shape class's first call"}
