@@ -291,12 +291,12 @@ def _second_move_first(
 def _fastest(
     call: Call, landed: TileConfig, below: list[TileConfig], policy: Policy, pinned: frozenset[str], recovered: bool
 ) -> tuple[TileConfig, list[dict[str, Any]]]:
-    """With a timer: the fastest of the tile that fits, the tiles ``below`` it (after a recovery: the
-    next ``ladder.compare`` rungs and the landing of the ladder with its second move first) that fit,
-    and its other kernel forms (``ladder.compare_forms``). The first tile that fits is not always the fastest: on an
-    H100 the DeepSeek-V3 prefill GEMM runs 10% faster at one stage fewer, and on uniform routing 10 to
-    14% faster one tile per program than persistent. Without a timer, or with nothing to time against,
-    the tile that fits."""
+    """With a timer: the fastest of the tile that fits, the tiles ``below`` it that fit (after a recovery:
+    the next ``ladder.compare`` rungs and the ladder's landing begun with one step of its second move),
+    and its other kernel forms (``ladder.compare_forms``). The first tile that fits is not always the
+    fastest: on an H100 the DeepSeek-V3 prefill GEMM runs 10% faster at one stage fewer, and on uniform
+    routing 10 to 14% faster one tile per program than persistent. Without a timer, or with nothing to
+    time against, the tile that fits."""
     when = policy.ladder.compare_forms
     forms = call.forms(landed) if call.forms is not None and (when == "always" or when == "recovery" and recovered) else []
     candidates = [*(form for form in forms if all(getattr(form, name) == getattr(landed, name) for name in pinned))]

@@ -45,7 +45,7 @@ class Ladder(Frozen):
     skip_predicted: bool = True  # a rung the kernel's lower bound puts over the limit is not compiled
     trim_block_m: bool = True  # the first rung cuts block_m to the mean rows per expert (ladder.rungs)
     compare: Annotated[int, Field(ge=0, le=8)] = 1  # time the landing tile against this many rungs below it
-    compare_second_move: bool = True  # and against where the ladder lands with its second move first
+    compare_second_move: bool = True  # and against the landing begun with one step of the second move
     compare_forms: Literal["never", "recovery", "always"] = "recovery"  # time the tile against its other forms
 
     @field_validator("order")

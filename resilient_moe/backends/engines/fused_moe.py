@@ -150,6 +150,7 @@ def shared_lower_bound(layer: Layer, arch: str) -> Callable[[TileConfig], int]:
     eight_bit = layer.dtype in ("fp8_w8a8", "int8_w8a8")
     a_bytes = 1 if eight_bit else _BYTES.get(layer.activation, 2)
     b_bytes = a_bytes if layer.dtype in (None, "fp8_w8a8", "int8_w8a8") else 0
+
     def bound(tile: TileConfig) -> int:
         buffers = max(tile.num_stages - (0 if arch == "sm_90" and tile.block_m >= 64 else 1), 1)
         return buffers * (tile.block_m * tile.block_k * a_bytes + tile.block_k * tile.block_n * b_bytes)
