@@ -7,7 +7,7 @@ import torch
 
 from resilient_moe.backends.timing import queued_ms, timed_ms
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: CUDA events and graphs")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: CUDA events and torch.cuda._sleep")
 
 
 def test_queued_ms_times_the_kernels_not_the_host() -> None:
