@@ -290,8 +290,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = {"recover": section_recover, "configs": section_configs, "graph": section_graph}
     models, dtypes = args.models.split(","), args.dtypes.split(",")
-    if set(models) - set(MODELS) or set(dtypes) - {"tensor", "block"}:
-        sys.exit(f"--models {args.models!r} / --dtypes {args.dtypes!r}: unknown name")
+    for flag, given, known in (("--models", models, set(MODELS)), ("--dtypes", dtypes, {"tensor", "block"})):
+        if set(given) - known:
+            sys.exit(f"{flag}: unknown {sorted(set(given) - known)}; known: {', '.join(sorted(known))}")
     deadline = time.perf_counter() + args.budget_s
     result = sections[args.section](deadline, args.out / f"engine_{args.section}.json", models, dtypes)
     print(json.dumps({"device": torch.cuda.get_device_name(), "section": args.section, "result": result}, default=str)[:4000])

@@ -227,7 +227,7 @@ def _climb(
                 failed = Attempt(config, err.name, err.required, err.limit)
             else:
                 tried.append(Attempt(config))
-                below = [*pending[: ladder.compare], *_second_move_first(call, start, config, policy, pinned, resource)]
+                below = [*pending[: ladder.compare], *_second_move_first(call, start, config, ladder, policy, pinned, resource)]
                 config, compared = _fastest(call, config, below, policy, pinned, recovered=len(tried) > 1)
                 written = cache.record(call.key, config, [a.as_dict() for a in tried], call.source)
                 timings = {"compared": compared} if compared else {}
@@ -263,26 +263,28 @@ a compile, measured 16% slower than the next)."""
 
 
 def _second_move_first(
-    call: Call, start: TileConfig, landed: TileConfig, policy: Policy, pinned: frozenset[str], resource: str | None
+    call: Call, start: TileConfig, landed: TileConfig, ladder: Ladder, policy: Policy, pinned: frozenset[str],
+    resource: str | None,
 ) -> list[TileConfig]:
     """Where the ladder lands begun with one step of its second move (``ladder.compare_second_move``, with
-    ``ladder.compare`` at least 1): the first rung the kernel's lower bound says fits (none without a
-    bound), when the landing gave up some of the first move's field. The shipped order keeps the MMA
-    tile and gives up stages; this keeps more stages on a tile half as wide: on SGLang's fp8 fused_moe
-    under a 101376-byte cap, block_n 128 at 4 stages beat block_n 256 at 2 (docs/design.md, "Ladder")."""
-    ladder = policy.ladder
-    if not (ladder.compare and ladder.compare_second_move and resource and call.shared_lower_bound and call.shared_limit):
+    ``ladder.compare`` at least 1): the first rung the kernel's lower bound says fits, when the landing
+    gave up some of the first move's field and a timer can compare (none without a bound). The shipped
+    order keeps the MMA tile and gives up stages; this keeps more stages on a tile half as wide: on
+    SGLang's fp8 fused_moe under a 101376-byte cap, block_n 128 at 4 stages beat block_n 256 at 2
+    (docs/design.md, "Ladder")."""
+    if call.timer is None or not (ladder.compare and ladder.compare_second_move and resource):
+        return []
+    if call.shared_lower_bound is None or call.shared_limit is None:
         return []
     moves = policy.moves_for(resource)
     if len(moves) < 2 or getattr(landed, moves[0]) == getattr(start, moves[0]):
         return []
-    walk = call.ladder(policy)
     second = moves[1]
-    first_steps = rungs(start, walk, (second, *(m for m in moves if m != second)), pinned, call.rows_per_expert)
+    first_steps = rungs(start, ladder, (second, *(m for m in moves if m != second)), pinned, call.rows_per_expert)
     stepped = next((r for r in first_steps if getattr(r, second) != getattr(start, second)), None)  # after any trim
     if stepped is None:
         return []
-    for rung in [stepped, *rungs(stepped, walk, moves, pinned)]:
+    for rung in [stepped, *rungs(stepped, ladder, moves, pinned)]:
         if call.shared_lower_bound(rung) <= call.shared_limit:
             return [rung]
     return []
