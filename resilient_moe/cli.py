@@ -240,6 +240,7 @@ def _preflight_engine(args: argparse.Namespace, policy: Policy) -> int:
     """``preflight --engine sglang``: the engine's own config per M row, compiled for the chip; the rows
     written where --write-configs is given, each one fitting."""
     from .backends.engines import configs
+    from .backends.engines.configs import engine_tuning
     from .render import engine_table
     from .targets import describe_compiler
 
@@ -261,19 +262,23 @@ def _preflight_engine(args: argparse.Namespace, policy: Policy) -> int:
                               args.block_shape if eight_bit else None, tokens=1)
     device = args.device_name or "the target"
     try:
-        rows = configs.plan(layer, args.arch, limit, args.device_name or "", policy)
+        tuning = engine_tuning(args.engine)
+        rows = configs.plan(tuning, layer, args.arch, limit, args.device_name or "", policy)
     except (ImportError, RuntimeError, NotImplementedError) as err:
         print(f"resilient-moe preflight --engine {args.engine}: {err}", file=sys.stderr)
         return 2 if isinstance(err, (ImportError, NotImplementedError)) else 1
-    print(f"{args.engine} {configs.sglang.version()} fused_moe_kernel, {args.model} (tp {args.tp}), {args.dtype}"
+    print(f"{args.engine} {tuning.version} fused_moe_kernel, {args.model} (tp {args.tp}), {args.dtype}"
           f"{'' if layer.block_shape is None else f' block {layer.block_shape[0]}x{layer.block_shape[1]}'}, on "
           f"{args.arch.name} with {limit} bytes of shared memory per block ({device}); triton {describe_compiler(args.arch.name)}")
     print(engine_table(rows, args.arch.backend))
     print(f"\n{sum(not r.fits for r in rows)} of {len(rows)} of the engine's configs do not fit")
     if args.write_configs is not None:
-        for path in configs.write(rows, layer, args.device_name, Path(args.write_configs)):
+        directory = Path(args.write_configs)
+        for path in configs.write(tuning, rows, layer, args.device_name, directory):
             print(f"wrote {path}")
-        print(f"serve with SGLANG_MOE_CONFIG_DIR={Path(args.write_configs).resolve()} (same Triton: the folder is per version)")
+        folder = tuning.folder(directory)
+        where = "" if folder == directory else f" (it reads {folder.relative_to(directory)}/: this Triton's folder)"
+        print(f"serve with {tuning.env}={directory.resolve()}{where}")
     return 0
 
 
@@ -440,7 +445,7 @@ def _add_preflight_commands(subparsers: argparse._SubParsersAction[argparse.Argu
     pre.add_argument("--async-copy", action="store_true",
                      help=f"compile as with {ASYNC_COPY_ENV}=1 (AMD: one LDS buffer more per tile)")
     engine = pre.add_argument_group("an engine's own kernel (--engine)")
-    engine.add_argument("--engine", choices=("sglang",),
+    engine.add_argument("--engine", choices=("sglang", "vllm"),
                         help="check the engine's own fused_moe_kernel configs (its tuned file for --device-name, else its "
                         "default) for every M row its tuning script writes; needs the engine installed, not a GPU")
     engine.add_argument("--device-name", metavar="NAME",
@@ -448,7 +453,8 @@ def _add_preflight_commands(subparsers: argparse._SubParsersAction[argparse.Argu
                         "finds there, and the names of the files written")
     engine.add_argument("--write-configs", metavar="DIR",
                         help="write the engine's own config files, every row fitting, under DIR (SGLang: "
-                        "DIR/configs/triton_X_Y_Z/, up- and down-projection files; serve with SGLANG_MOE_CONFIG_DIR=DIR)")
+                        "DIR/configs/triton_X_Y_Z/, up- and down-projection files, serve with SGLANG_MOE_CONFIG_DIR=DIR; "
+                        "vLLM: one file in DIR, serve with VLLM_TUNED_CONFIG_FOLDER=DIR)")
     engine.add_argument("--block-shape", type=_block_shape_arg, metavar="N,K",
                         help="block-scaled fp8/int8 weights' quant block, e.g. 128,128 (DeepSeek-V3, Qwen3 FP8)")
     engine.add_argument("--tp", type=_positive, default=1, metavar="N",

@@ -23,3 +23,14 @@ def fp8_per_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top = torch.finfo(torch.float8_e4m3fn).max
     scale = (w.abs().amax(dim=(1, 2)).float() / top).clamp(min=1e-12)
     return (w.float() / scale[:, None, None]).clamp(-top, top).to(torch.float8_e4m3fn), scale
+
+
+def fp8_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-scaled fp8 weights [E, N, K] and their scales [E, N/bn, K/bk] (DeepSeek-V3's layout)."""
+    top = torch.finfo(torch.float8_e4m3fn).max
+    e, n, k = w.shape
+    bn, bk = block
+    tiles = w.float().view(e, n // bn, bn, k // bk, bk)
+    scale = (tiles.abs().amax(dim=(2, 4)) / top).clamp(min=1e-12)
+    q = (tiles / scale[:, :, None, :, None]).clamp(-top, top).to(torch.float8_e4m3fn)
+    return q.view(e, n, k), scale

@@ -67,3 +67,9 @@ def test_building_the_parser_imports_no_triton() -> None:
             "print('triton' in sys.modules, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False False", done.stderr
+
+
+def test_preflight_for_an_engine_that_is_not_installed_says_so(cache_dir: Path) -> None:
+    out = cli("preflight", "--engine", "vllm", "--arch", "sm_89", "--model", "qwen3-30b-a3b", "--dtype", "fp8_w8a8",
+              cache_dir=cache_dir)
+    assert out.returncode == 2 and "vLLM's Triton fused MoE" in out.stderr and "cannot be imported" in out.stderr

@@ -13,7 +13,7 @@ from engine_support import DEVICE, fp8_per_tensor, moe_layer
 
 import resilient_moe as rm
 from resilient_moe import virtual
-from resilient_moe.backends.engines import fused_moe, sglang as adapter
+from resilient_moe.backends.engines import fused_moe, launch, sglang as adapter
 from resilient_moe.backends.patching import ENGINES_ENV
 from resilient_moe.targets import placement
 from resilient_moe.testing import capture
@@ -105,7 +105,7 @@ def test_the_lower_bound_never_exceeds_a_real_compile(sglang, chip, monkeypatch)
     kernel = sys.modules[adapter.KERNELS].fused_moe_kernel
 
     def record(*args, **kwargs):
-        launches.append(fused_moe.bind_launch(kernel, args, kwargs))
+        launches.append(launch.bind(kernel, args, kwargs))
 
     monkeypatch.setattr(kernel, "pre_run_hooks", [*kernel.pre_run_hooks, record])
     x, w1, w2, weights, ids = moe_layer(tokens=8, hidden=256, intermediate=128)
@@ -158,7 +158,7 @@ def test_preflight_s_launches_compile_like_the_ones_sglang_makes(sglang, monkeyp
     chip = "sm_89"
     kernel = sys.modules[adapter.KERNELS].fused_moe_kernel
     made: list[tuple] = []
-    monkeypatch.setattr(kernel, "pre_run_hooks", [*kernel.pre_run_hooks, lambda *a, **k: made.append(fused_moe.bind_launch(kernel, a, k))])
+    monkeypatch.setattr(kernel, "pre_run_hooks", [*kernel.pre_run_hooks, lambda *a, **k: made.append(launch.bind(kernel, a, k))])
     x, w1, w2, weights, ids = moe_layer(tokens=8, hidden=256, intermediate=128)
     (q1, s1), (q2, s2) = fp8_per_tensor(w1), fp8_per_tensor(w2)
     tile = {**FP8_DEFAULT, "BLOCK_SIZE_M": 32, "num_stages": 3}
@@ -187,16 +187,16 @@ def test_preflight_rewrites_a_tuned_row_that_does_not_fit_and_sglang_loads_the_f
     small = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
     folder = tuned / "configs" / f"triton_{__import__('triton').__version__.replace('.', '_')}"
     folder.mkdir(parents=True)
-    for name in configs.file_names(layer, sglang_cpu.DEVICE_NAME):  # a file tuned on a larger chip
+    for name in adapter.file_names(layer, sglang_cpu.DEVICE_NAME):  # a file tuned on a larger chip
         (folder / name).write_text(json.dumps({"1": small, "64": FP8_DEFAULT}))
     monkeypatch.setenv("SGLANG_MOE_CONFIG_DIR", str(tuned))
-    rows = configs.plan(layer, chip("sm_89"), 101376, sglang_cpu.DEVICE_NAME, active_policy(), batch_sizes=(1, 64))
+    rows = configs.plan(adapter.tuning(), layer, chip("sm_89"), 101376, sglang_cpu.DEVICE_NAME, active_policy(), batch_sizes=(1, 64))
     assert [(r.tokens, r.fits) for r in rows] == [(1, True), (64, False)]
     assert rows[0].written == small and rows[1].default == FP8_DEFAULT
     assert rows[1].default_bytes == 147456 and rows[1].written_bytes <= 101376
     out = tmp_path / "fitted"
-    paths = configs.write(rows, layer, sglang_cpu.DEVICE_NAME, out)
-    assert [p.name for p in paths] == configs.file_names(layer, sglang_cpu.DEVICE_NAME)
+    paths = configs.write(adapter.tuning(), rows, layer, sglang_cpu.DEVICE_NAME, out)
+    assert [p.name for p in paths] == adapter.file_names(layer, sglang_cpu.DEVICE_NAME)
     monkeypatch.setenv("SGLANG_MOE_CONFIG_DIR", str(out))
     lookup = sys.modules[adapter.CONFIG]
     lookup.get_moe_configs.cache_clear()

@@ -8,15 +8,16 @@ import importlib
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from engine_support import moe_layer
+from engine_support import DEVICE, fp8_block, fp8_per_tensor, moe_layer
 
 import resilient_moe as rm
-from resilient_moe.backends.engines import fused_moe, vllm as adapter
+from resilient_moe import virtual
+from resilient_moe.backends.engines import fused_moe, launch, vllm as adapter
 from resilient_moe.backends.patching import ENGINES_ENV, patched
 from resilient_moe.testing import capture
 
@@ -47,10 +48,11 @@ def patched_vllm(vllm) -> Iterator[object]:
 
 
 def fp8_call(vllm):
-    """A call whose dtype selector is fp8_w8a8, so the double's default is the 128x256x128 s4 tile."""
+    """fp8 w8a8 per-tensor weights: the double's default is the 128x256x128 s4 tile."""
     x, w1, w2, weights, ids = moe_layer()
+    (q1, s1), (q2, s2) = fp8_per_tensor(w1), fp8_per_tensor(w2)
     module = sys.modules["vllm.model_executor.layers.fused_moe.fused_moe"]
-    return (x, w1, w2, weights, ids), {"quant_config": module.QuantConfig(use_fp8_w8a8=True)}
+    return (x, q1, q2, weights, ids), {"quant_config": module.QuantConfig(use_fp8_w8a8=True, w1_scale=s1, w2_scale=s2)}
 
 
 def test_patch_replaces_both_entries_and_unpatch_restores_them(vllm) -> None:
@@ -207,3 +209,100 @@ def test_warm_up_settles_every_batch_size_before_a_capture(patched_vllm, small_c
         forward(m)
     with pytest.raises(fused_moe.CaptureMissError):
         forward(64)  # never warmed up
+
+
+def _double_launches(module, call: Callable[[], object]) -> list[tuple[list, dict]]:
+    """The launches of the double's kernel during ``call()``, bound as the JIT specializes them."""
+    kernel = module.fused_moe_kernel
+    made: list[tuple[list, dict]] = []
+    kernel.pre_run_hooks.append(hook := lambda *a, **k: made.append(launch.bind(kernel, a, k)))
+    try:
+        call()
+    finally:
+        kernel.pre_run_hooks.remove(hook)
+    return made
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="compiles for a virtual chip on a CPU")
+@pytest.mark.parametrize("fmt", ["fp16", "fp8", "fp8-block"])
+@pytest.mark.parametrize("tokens", [1, 24])  # 1 x top-2 x 4 <= 8 experts: vLLM's naive path; 24: sorted blocks
+def test_preflight_s_launches_are_the_ones_vllm_makes(vllm, fmt, tokens) -> None:
+    """What preflight describes from vLLM's source without running it equals what the double (written
+    from the same source) launches: every constexpr and launch option, and the bytes on sm_89."""
+    module = sys.modules["vllm.model_executor.layers.fused_moe.fused_moe"]
+    x, w1, w2, weights, ids = moe_layer(tokens=tokens, experts=8, hidden=256, intermediate=128)
+    quant = None
+    if fmt != "fp16":
+        quantize = fp8_block if fmt == "fp8-block" else fp8_per_tensor
+        (w1, s1), (w2, s2) = quantize(w1), quantize(w2)
+        quant = module.QuantConfig(use_fp8_w8a8=True, block_shape=[128, 128] if fmt == "fp8-block" else None, w1_scale=s1, w2_scale=s2)
+    tile = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 256 if fmt == "fp8-block" else 64, "GROUP_SIZE_M": 1,
+            "num_warps": 4, "num_stages": 3}
+    with vllm.override_config(tile):
+        made = _double_launches(module, lambda: module.fused_experts(x, w1, w2, weights, ids, quant_config=quant))
+    layer = adapter.engines()[0].layer({"hidden_states": x, "w1": w1, "w2": w2, "topk_ids": ids, "quant_config": quant})
+    described = adapter.launches(layer, tile, "sm_89")
+    assert len(made) == len(described) == 2
+    for (positional, constexprs), (kernel, ours, our_constexprs) in zip(made, described, strict=True):
+        constexprs = {"num_warps": 4, "num_stages": 3, **constexprs}  # the interpreter drops them before its hooks
+        assert our_constexprs == constexprs
+        theirs = virtual.measure(virtual.job_for(kernel, tuple(positional), constexprs, "sm_89"))
+        assert virtual.measure(virtual.job_for(kernel, ours, our_constexprs, "sm_89")).shared == theirs.shared
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="compiles for a virtual chip on a CPU")
+def test_preflight_writes_the_file_vllm_looks_up_and_it_serves_within_the_chip(vllm, tmp_path, monkeypatch) -> None:
+    """sm_89: the fp8 default (147456 bytes) is rewritten, a fitting tuned row kept; vLLM's own lookup
+    (the double's, under VLLM_TUNED_CONFIG_FOLDER) returns the rows, and the launches it then makes,
+    compiled for sm_89, fit."""
+    from resilient_moe.backends.engines import configs
+    from resilient_moe.policy import active_policy
+    from resilient_moe.targets import chip
+
+    module = sys.modules["vllm.model_executor.layers.fused_moe.fused_moe"]
+    device = module.current_platform.get_device_name()
+    layer = configs.layer_for(8, 256, 128, 2, "fp8_w8a8", "float16", None, tokens=1)
+    small = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (name,) = adapter.file_names(layer, device)
+    assert name == f"E=8,N=128,device_name={device.replace(' ', '_')},dtype=fp8_w8a8.json"
+    (shipped / name).write_text(json.dumps({"triton_version": "3.0.0", "1": small, "64": FP8_DEFAULT}))  # tuned on a larger chip
+    monkeypatch.setenv("VLLM_TUNED_CONFIG_FOLDER", str(shipped))
+    tuning = adapter.tuning()
+    rows = configs.plan(tuning, layer, chip("sm_89"), 101376, device, active_policy(), batch_sizes=(1, 64))
+    assert [(r.tokens, r.fits) for r in rows] == [(1, True), (64, False)]
+    assert rows[1].default_bytes == 147456 and rows[1].written_bytes <= 101376
+    (path,) = configs.write(tuning, rows, layer, device, tmp_path / "fitted")
+    assert path.name == name and json.loads(path.read_text())["triton_version"] == __import__("triton").__version__
+    monkeypatch.setenv("VLLM_TUNED_CONFIG_FOLDER", str(path.parent))
+    module.get_moe_configs.cache_clear()
+    x, w1, w2, weights, ids = moe_layer(tokens=64, experts=8, hidden=256, intermediate=128)
+    (q1, s1), (q2, s2) = fp8_per_tensor(w1), fp8_per_tensor(w2)
+    quant = module.QuantConfig(use_fp8_w8a8=True, w1_scale=s1, w2_scale=s2)
+    try:
+        for row in rows:
+            assert module.try_get_optimal_moe_config(w1.shape, w2.shape, 2, "fp8_w8a8", row.tokens) == row.written
+            made = _double_launches(module, lambda: module.fused_experts(x[:row.tokens], q1, q2, weights[:row.tokens], ids[:row.tokens], quant_config=quant))
+            for positional, constexprs in made:  # unpatched vLLM: every launch fits the chip
+                tile = {"num_warps": row.written["num_warps"], "num_stages": row.written["num_stages"]}
+                virtual.fits(module.fused_moe_kernel, tuple(positional), {**tile, **constexprs}, "sm_89")
+    finally:
+        module.get_moe_configs.cache_clear()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="compiles for a virtual chip on a CPU")
+def test_preflight_command_writes_vllm_files(vllm, tmp_path, capsys) -> None:
+    from resilient_moe.cli import main
+
+    out = tmp_path / "configs"
+    code = main(["preflight", "--engine", "vllm", "--arch", "sm_89", "--model", "mixtral-8x7b", "--tp", "8",
+                 "--dtype", "fp8_w8a8", "--device-name", "NVIDIA GeForce RTX 4090", "--write-configs", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    (path,) = out.iterdir()
+    assert path.name == "E=8,N=1792,device_name=NVIDIA_GeForce_RTX_4090,dtype=fp8_w8a8.json"
+    table = json.loads(path.read_text())
+    assert list(table)[1:] == [str(m) for m in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)]
+    assert "18 of 18 of the engine's configs do not fit" in printed
+    assert f"serve with VLLM_TUNED_CONFIG_FOLDER={out.resolve()}" in printed

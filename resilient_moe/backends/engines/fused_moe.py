@@ -27,6 +27,7 @@ from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
 from ...settings import BoundedStore
 from ..timing import queued_ms
+from . import launch
 from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement
 
 CONFIG_NAMES = {"block_m": "BLOCK_SIZE_M", "block_n": "BLOCK_SIZE_N", "block_k": "BLOCK_SIZE_K",
@@ -299,49 +300,11 @@ def _check_launch(kernel: Any, chip: str, *args: Any, **kwargs: Any) -> None:
     tile = _checking.get()
     if tile is None:
         return
-    positional, constexprs = bind_launch(kernel, args, kwargs)
+    positional, constexprs = launch.bind(kernel, args, kwargs)
     # the interpreter drops launch options before its hooks: the attempt's own are what the engine passed
     constexprs.setdefault("num_warps", tile.num_warps)
     constexprs.setdefault("num_stages", tile.num_stages)
     virtual.fits(kernel, tuple(positional), constexprs, chip)
-
-
-LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg", "launch_pdl", "waves_per_eu",
-                            "matrix_instr_nonkdim", "kpack", "enable_fp_fusion"})
-
-
-def bind_launch(kernel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """A launch's arguments as the JIT specializes them: the non-constexpr parameters in order, and the
-    constexprs and launch options by name (defaults filled in)."""
-    names = list(inspect.signature(kernel.fn).parameters)
-    values = {**dict(zip(names, args)), **kwargs}
-    return split_launch(kernel, values, lambda name: f"{name!r} was not passed to {kernel.fn.__name__}")
-
-
-def split_launch(kernel: Any, values: dict[str, Any], missing: Callable[[str], str]) -> tuple[list[Any], dict[str, Any]]:
-    """Named launch ``values`` as a compile job takes them: positional non-constexprs in the kernel's
-    order, constexprs and launch options by name; a parameter without a value or default is a
-    TypeError saying ``missing(name)``."""
-    positional: list[Any] = []
-    constexprs = {name: value for name, value in values.items() if name in LAUNCH_OPTIONS}
-    for name, parameter in inspect.signature(kernel.fn).parameters.items():
-        if name in values:
-            value = values[name]
-        elif parameter.default is not inspect.Parameter.empty:
-            value = parameter.default
-        else:
-            raise TypeError(missing(name))
-        if _is_constexpr(parameter.annotation):
-            constexprs[name] = value
-        else:
-            positional.append(value)
-    return positional, constexprs
-
-
-def _is_constexpr(annotation: Any) -> bool:
-    import triton.language as tl
-
-    return annotation is tl.constexpr or (isinstance(annotation, str) and annotation.split(".")[-1] == "constexpr")
 
 
 def _timer(

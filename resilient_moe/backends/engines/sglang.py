@@ -8,14 +8,22 @@ without an all-to-all backend or LoRA (``fused_experts``); the permute path (Dee
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .fused_moe import Engine, Layer
+
+if TYPE_CHECKING:
+    from ...targets import Chip
+    from .configs import Tuning
+    from .launch import Launch
 
 PACKAGE = "sglang.srt.layers.moe.moe_runner.triton_utils"
 FUSED_MOE = f"{PACKAGE}.fused_moe"
@@ -119,74 +127,92 @@ def plugin() -> None:
     HookRegistry.register(HOOK_TARGET, front(engine()), HookType.REPLACE)
 
 
-def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[tuple[Any, tuple[Any, ...], dict[str, Any]]]:
+def tuning() -> Tuning:
+    """SGLang's tuned-config files: ``$SGLANG_MOE_CONFIG_DIR/configs/triton_X_Y_Z/``, an up-projection file
+    and its down-projection twin per layer (``get_config_file_name(..., down_moe=)``), keyed by M."""
+    from .configs import Tuning
+
+    return Tuning("sglang", version(), engine().own_config, _on_target, launches, file_names, _folder,
+                  "SGLANG_MOE_CONFIG_DIR", dropped=frozenset({"USE_TMA"}))
+
+
+@contextlib.contextmanager
+def _on_target(chip: Chip, limit: int, device_name: str) -> Iterator[None]:
+    """SGLang's config lookup as it runs on the target: its device name (the tuned file it would find)
+    and, where its version picks a default by the chip's shared memory, the target's. Preflight is a
+    tool process; a server never runs this."""
+    config = importlib.import_module(CONFIG)
+    _server_settings()
+    saved = {name: getattr(config, name) for name in ("get_device_name", "_get_cuda_shared_memory_per_block_optin") if hasattr(config, name)}
+    config.get_device_name = lambda *_: device_name
+    if "_get_cuda_shared_memory_per_block_optin" in saved:
+        config._get_cuda_shared_memory_per_block_optin = lambda: None if chip.backend == "hip" else limit
+    config.get_moe_configs.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+        config.get_moe_configs.cache_clear()
+
+
+def _server_settings() -> None:
+    """SGLang reads its server's settings in the config lookup; a tool process has none, so it states
+    the defaults (``ServerArgs`` for no model), as a server does at start."""
+    from sglang.srt.runtime_context import get_context, get_exec
+
+    try:
+        get_exec()
+    except ValueError:
+        from sglang.srt.server_args import ServerArgs
+
+        get_context().set_server_args(ServerArgs(model_path="preflight"))
+
+
+def file_names(layer: Layer, device_name: str) -> list[str]:
+    """The up-projection file SGLang looks up for the layer, and its down-projection twin."""
+    config = importlib.import_module(CONFIG)
+    block = list(layer.block_shape) if layer.block_shape else None
+    saved = config.get_device_name
+    config.get_device_name = lambda *_: device_name
+    try:
+        return [config.get_config_file_name(layer.experts, layer.w2_shape[2], layer.dtype, block, layer.per_channel, down_moe=down)
+                for down in (False, True)]
+    finally:
+        config.get_device_name = saved
+
+
+def _folder(directory: Path) -> Path:
+    import triton
+
+    return directory / "configs" / f"triton_{triton.__version__.replace('.', '_')}"
+
+
+def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[Launch]:
     """The two ``fused_moe_kernel`` launches (up and down GEMM) SGLang's fused path makes for a layer under
     a config, as the JIT specializes them, for compiling on a chip without running SGLang (preflight).
     SGLang's default server path: no TMA, no fused all-reduce or SwiGLU epilogue, no PDL before sm_90.
-    The arguments are matched to the kernel's parameters by name, so a renamed or added parameter
-    without a default is an error naming it; tests/test_engine_sglang.py checks the result against
-    the launches SGLang itself makes."""
-    import triton
-    import triton.language as tl
-
-    from .fused_moe import split_launch
+    tests/test_engine_sglang.py checks the result against the launches SGLang itself makes."""
+    from . import launch
 
     kernel = importlib.import_module(KERNELS).fused_moe_kernel
 
     def unknown(name: str) -> str:
         return f"SGLang {version()}'s fused_moe_kernel takes {name!r}, which resilient_moe's preflight does not know"
 
-    eight_bit = layer.dtype in ("fp8_w8a8", "int8_w8a8")
-    if layer.dtype not in (None, "float32", "fp8_w8a8", "int8_w8a8"):
-        raise NotImplementedError(f"preflight of SGLang's {layer.dtype} path (fused_moe_kernel_gptq_awq) is not described yet")
-    operand = {"fp8_w8a8": torch.float8_e4m3fn, "int8_w8a8": torch.int8}.get(layer.dtype or "", getattr(torch, layer.activation))
-    out = getattr(torch, layer.activation)
     block_m = tile["BLOCK_SIZE_M"]
-    rows = layer.tokens * layer.top_k
-    padded = (rows + (layer.experts + 1) * (block_m - 1) + 3) // 4 * 4
-    group_n, group_k = layer.block_shape or (0, 0)
-    sm90 = arch == "sm_90"
+    padded = (layer.tokens * layer.top_k + (layer.experts + 1) * (block_m - 1) + 3) // 4 * 4
     pdl = arch.startswith("sm_") and int(arch[3:]) >= 90
-
-    def pointer(dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(1, dtype=dtype)  # the JIT sees a pointer's dtype and alignment only
-
-    def gemm(n: int, k: int, tokens: int, routed: bool, top_k: int) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-        scale_a = scale_b = None
-        scale_strides = (0, 0, 0, 0, 0)
-        if eight_bit:
-            scale_a, scale_b = pointer(torch.float32), pointer(torch.float32)
-            if layer.block_shape is not None:
-                ks, ns = triton.cdiv(k, group_k), triton.cdiv(n, group_n)
-                scale_strides = (ks, 1, ns * ks, 1, ks)  # a_scale [tokens, k/gk], b_scale [E, n/gn, k/gk]
+    described = []
+    for gemm in launch.gemms(layer):
         values = {
-            "a_ptr": pointer(operand), "a_desc": None, "b_ptr": pointer(operand), "b_desc": None, "bias_ptr": None,
-            "c_ptr": pointer(out), "a_scale_ptr": scale_a, "b_scale_ptr": scale_b,
-            "topk_weights_ptr": pointer(torch.float32), "sorted_token_ids_ptr": pointer(torch.int32),
-            "expert_ids_ptr": pointer(torch.int32), "num_tokens_post_padded_ptr": pointer(torch.int32),
-            "add_mask_ptr": None, "N": n, "K": k, "EM": _specialized(padded), "num_valid_tokens": _specialized(tokens * top_k),
-            "stride_am": k, "stride_ak": 1, "stride_be": n * k, "stride_bk": 1, "stride_bn": k,
-            "stride_bias_e": 0, "stride_bias_n": 0, "stride_cm": n, "stride_cn": 1,
-            "stride_asm": scale_strides[0], "stride_ask": scale_strides[1], "stride_bse": scale_strides[2],
-            "stride_bsk": scale_strides[3], "stride_bsn": scale_strides[4], "group_n": group_n, "group_k": group_k,
-            "MUL_ROUTED_WEIGHT": routed, "top_k": top_k, "compute_type": tl.bfloat16 if out == torch.bfloat16 else tl.float16,
-            "use_fp8_w8a8": layer.dtype == "fp8_w8a8", "use_int8_w8a8": layer.dtype == "int8_w8a8",
-            "use_int8_w8a16": False, "per_channel_quant": layer.per_channel, "even_Ks": k % tile["BLOCK_SIZE_K"] == 0,
-            "c_sorted": False, "ROUTER_TOPK": layer.top_k if routed else 1,
-            "swap_ab": layer.dtype == "fp8_w8a8" and sm90 and block_m < 64 and tile["BLOCK_SIZE_N"] >= 64,
+            **launch.shared_values(layer, tile, gemm, padded, "SGLang"),
+            "a_desc": None, "b_desc": None, "bias_ptr": None, "add_mask_ptr": None, "stride_bias_e": 0, "stride_bias_n": 0,
+            "even_Ks": gemm.k % tile["BLOCK_SIZE_K"] == 0, "c_sorted": False, "ROUTER_TOPK": layer.top_k if gemm.routed else 1,
+            "swap_ab": layer.dtype == "fp8_w8a8" and arch == "sm_90" and block_m < 64 and tile["BLOCK_SIZE_N"] >= 64,
             "FUSE_ADD_TO_OUTPUT": False, "MASK_OUTPUT": False, "FUSE_SUM_ALL_REDUCE": False,
-            **({"USE_GDC": True, "GDC_EARLY": tokens <= 512} if pdl else {}),
-            **{name: value for name, value in tile.items() if name.isupper() and name != "USE_TMA"},
+            **({"USE_GDC": True, "GDC_EARLY": gemm.rows <= 512} if pdl else {}),
         }
-        values.update((name, tile[name]) for name in ("num_warps", "num_stages") if name in tile)
-        positional, constexprs = split_launch(kernel, values, unknown)
-        return kernel, tuple(positional), constexprs
-
-    return [gemm(layer.n, layer.k, layer.tokens, False, layer.top_k),
-            gemm(layer.w2_shape[1], layer.w2_shape[2], rows, True, 1)]
-
-
-def _specialized(value: int) -> int:
-    """An integer argument as the JIT specializes it (1, a multiple of 16, or neither), so the M rows of
-    one config share one compile: their token counts differ, not their code."""
-    return value if value == 1 or value >= 2**31 else 16 if value % 16 == 0 else 17
+        positional, constexprs = launch.split(kernel, values, unknown)
+        described.append((kernel, tuple(positional), constexprs))
+    return described

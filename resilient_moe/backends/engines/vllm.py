@@ -11,20 +11,29 @@ integration is written from vLLM's public source and tested against a from-scrat
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .fused_moe import Engine, Layer
+
+if TYPE_CHECKING:
+    from ...targets import Chip
+    from .configs import Tuning
+    from .launch import Launch
 
 PACKAGE = "vllm.model_executor.layers.fused_moe"
 FUSED_MOE = f"{PACKAGE}.fused_moe"
 EXPERTS = (f"{PACKAGE}.experts.triton_moe", FUSED_MOE)  # where TritonExperts lives: newer layout first
 OWNER = "vllm"
 DEFAULT_CHUNK = 16 * 1024
+NAIVE_SPARSITY = 4
+"""vLLM assigns one block per (token, expert) slot when slots x 4 <= experts (its SPARSITY_FACTOR)."""
 
 
 @functools.cache
@@ -32,11 +41,8 @@ def engines() -> tuple[Engine, ...]:
     """vLLM's entries into its fused-MoE kernel, imported on first use (ImportError otherwise)."""
     from ..patching import original
 
-    try:
-        package = importlib.import_module(PACKAGE)
-        fused_moe = importlib.import_module(FUSED_MOE)
-    except ImportError as err:
-        raise ImportError(f"vLLM's Triton fused MoE ({FUSED_MOE}) cannot be imported: {err}") from err
+    fused_moe = _fused_moe()  # imports its package first
+    package = importlib.import_module(PACKAGE)
     release = version()
     own = functools.partial(_own_config, fused_moe)
     kernels = functools.partial(_kernels, fused_moe)
@@ -50,6 +56,13 @@ def engines() -> tuple[Engine, ...]:
         found.append(Engine("vllm", release, apply, _experts_layer, own, package.override_config, kernels,
                             empty=lambda arguments, layer: None))
     return tuple(found)
+
+
+def _fused_moe() -> Any:
+    try:
+        return importlib.import_module(FUSED_MOE)
+    except ImportError as err:
+        raise ImportError(f"vLLM's Triton fused MoE ({FUSED_MOE}) cannot be imported: {err}") from err
 
 
 def version() -> str:
@@ -152,3 +165,87 @@ def plugin() -> None:
 
     if enabled("vllm"):
         patch_vllm()
+
+
+def tuning() -> Tuning:
+    """vLLM's tuned-config files: ``$VLLM_TUNED_CONFIG_FOLDER/E=..,N=..,device_name=..[,dtype=..][,block_shape=[n,k]].json``,
+    one file for both GEMMs, keyed by M, stamped with the Triton version as vLLM's tuner does."""
+    from .configs import Tuning
+
+    fused_moe = _fused_moe()
+    return Tuning("vllm", version(), functools.partial(_own_config, fused_moe), _on_target, launches, file_names,
+                  lambda directory: directory, "VLLM_TUNED_CONFIG_FOLDER", stamp="triton_version")
+
+
+@contextlib.contextmanager
+def _on_target(chip: Chip, limit: int, device_name: str) -> Iterator[None]:
+    """vLLM's config lookup as it runs on the target: its platform's device name (the tuned file it
+    would find) and whether it is ROCm (its default's stages). Its default does not read the chip's
+    shared memory, so ``limit`` does not change it. Preflight is a tool process; a server never runs this."""
+    fused_moe = importlib.import_module(FUSED_MOE)
+    with _platform(device_name, rocm=chip.backend == "hip"):
+        fused_moe.get_moe_configs.cache_clear()
+        try:
+            yield
+        finally:
+            fused_moe.get_moe_configs.cache_clear()
+
+
+@contextlib.contextmanager
+def _platform(device_name: str, rocm: bool) -> Iterator[None]:
+    """vLLM's ``current_platform`` answering as the target would, and as it was afterwards."""
+    platform = importlib.import_module("vllm.platforms").current_platform
+    own = {name: platform.__dict__[name] for name in ("get_device_name", "is_rocm") if name in platform.__dict__}
+    platform.get_device_name = lambda *_, **__: device_name
+    platform.is_rocm = lambda: rocm
+    try:
+        yield
+    finally:
+        for name in ("get_device_name", "is_rocm"):
+            if name in own:
+                setattr(platform, name, own[name])
+            else:
+                delattr(platform, name)
+
+
+def file_names(layer: Layer, device_name: str) -> list[str]:
+    """The one file vLLM looks up for the layer: ``get_config_file_name(E, N, dtype, block_shape)`` with
+    N = w2's K (doubled for int4 weights, as its lookup does)."""
+    fused_moe = importlib.import_module(FUSED_MOE)
+    n = layer.w2_shape[2] * (2 if layer.dtype == "int4_w4a16" else 1)
+    with _platform(device_name, rocm=False):
+        return [fused_moe.get_config_file_name(layer.experts, n, layer.dtype, None if layer.block_shape is None else list(layer.block_shape))]
+
+
+def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[Launch]:
+    """The two ``fused_moe_kernel`` launches (up and down GEMM) of vLLM's ``TritonExperts`` for a layer
+    under a config, as ``invoke_fused_moe_triton_kernel`` makes them (vLLM's public source): EM from
+    ``moe_align_block_size``'s padding, or one block per slot on the naive path of very sparse batches;
+    SPLIT_K 1; BLOCK_SIZE_K within the quant block; SWAP_AB for fp8 on sm_90 at small block_m; no bias,
+    no tensor descriptors. Checked against the launches the vLLM double makes (tests/test_engine_vllm.py)."""
+    from . import launch
+
+    kernel = importlib.import_module(FUSED_MOE).fused_moe_kernel
+
+    def unknown(name: str) -> str:
+        return f"vLLM {version()}'s fused_moe_kernel takes {name!r}, which resilient_moe's preflight does not know"
+
+    block_m = tile["BLOCK_SIZE_M"]
+    slots = layer.tokens * layer.top_k
+    naive = slots * NAIVE_SPARSITY <= layer.experts
+    block_k = tile["BLOCK_SIZE_K"] if layer.block_shape is None else min(tile["BLOCK_SIZE_K"], *layer.block_shape)
+    sorted_rows = slots + layer.experts * (block_m - 1)
+    if slots < layer.experts:
+        sorted_rows = min(sorted_rows, slots * block_m)
+    described = []
+    for gemm in launch.gemms(layer):
+        em = slots * block_m if naive else min(sorted_rows, gemm.rows * gemm.top_k * block_m) if gemm.rows < block_m else sorted_rows
+        values = {
+            **launch.shared_values(layer, {**tile, "BLOCK_SIZE_K": block_k, "SPLIT_K": 1}, gemm, em, "vLLM"),
+            "b_bias_ptr": None, "stride_bbe": 0, "stride_bbn": 0, "naive_block_assignment": naive, "HAS_BIAS": False,
+            "SWAP_AB": layer.dtype == "fp8_w8a8" and arch == "sm_90" and block_m < 64 and tile["BLOCK_SIZE_N"] >= 64,
+            "USE_TD": False,
+        }
+        positional, constexprs = launch.split(kernel, values, unknown)
+        described.append((kernel, tuple(positional), constexprs))
+    return described
