@@ -54,8 +54,8 @@ def _policy_check(args: argparse.Namespace) -> int:
     print(f"  ladder: {' -> '.join(ladder.order)}, factor {ladder.factor}, at most {ladder.max_attempts} attempts, "
           f"floors block_n {ladder.min_block_n} block_m {ladder.min_block_m} num_stages {ladder.min_num_stages}")
     print(f"  rungs the kernel's estimate puts over the limit: {'skipped, not compiled' if ladder.skip_predicted else 'compiled'}")
-    trim = "first cut to the rows per expert" if ladder.trim_block_m else "moves only in its place in the order"
-    print(f"  block_m above the rows an expert gets: {trim}")
+    trim = "first cut to that" if ladder.trim_block_m else "moves only in its place in the order"
+    print(f"  block_m above twice the rows an expert gets: {trim}")
     second = (f" and the ladder's landing begun with one {ladder.order[1]} step"
               if ladder.compare_second_move and len(ladder.order) > 1 else "")
     below = "kept: the first tile that fits wins" if ladder.compare == 0 else (

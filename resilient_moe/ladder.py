@@ -32,15 +32,16 @@ def rungs(
     so none repeats; at most ``max_attempts - 1`` rungs (the start is the first attempt).
 
     With ``ladder.trim_block_m`` and the mean ``rows_per_expert`` known, the first rung cuts block_m to
-    those rows (a power of two, at least ``min_block_m``): the rows past them are padding, so that
-    rung gives up shared memory and MMA work that computed nothing.
+    the power of two at least twice those rows (at least ``min_block_m``): the rows past them are
+    padding for nearly every expert, so that rung gives up shared memory and MMA work that computed
+    nothing, while the experts routed more than the mean still fit one block.
     """
     frozen = set(pinned)
     allowed = [move for move in moves if move not in frozen]
     out: list[TileConfig] = []
     current = start
     if ladder.trim_block_m and rows_per_expert is not None and "block_m" in allowed and ladder.max_attempts > 1:
-        useful = max(ladder.min_block_m, 1 << max(rows_per_expert - 1, 0).bit_length())
+        useful = max(ladder.min_block_m, 1 << max(2 * rows_per_expert - 1, 0).bit_length())
         if useful < current.block_m:
             current = current.replace(block_m=useful)
             out.append(current)

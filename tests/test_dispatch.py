@@ -39,7 +39,7 @@ def test_over_limit_default_ends_on_first_fitting_rung_in_policy_order(target, f
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     assert downgrades and all(d["required"] > d["limit"] == 163840 for d in downgrades)
     assert downgrades[0]["from"]["block_n"] == 256 and downgrades[0]["resource"] == "shared memory"
-    # 8 rows per expert: the first rung cuts block_m 128 to 16, the rows past them being padding.
+    # 8 rows per expert: the first rung cuts block_m 128 to 16 (twice those rows), the rest being padding.
     assert (downgrades[0]["from"]["block_m"], downgrades[0]["to"]["block_m"]) == (128, 16)
     # Independently: the first rung, in the policy's order, whose compile for gfx950 fits.
     default = rm.TileConfig(**downgrades[0]["from"])

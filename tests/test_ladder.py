@@ -99,12 +99,13 @@ def test_plain_order_is_block_n_then_block_m_then_num_stages() -> None:
     ]
 
 
-def test_first_rung_cuts_block_m_to_the_rows_per_expert() -> None:
+def test_first_rung_cuts_block_m_to_twice_the_rows_per_expert() -> None:
     start = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=5)
     out = rungs(start, Ladder(), Ladder().order, rows_per_expert=2)  # decode: 64 tokens x 8 over 256 experts
     assert [(r.block_m, r.block_n, r.num_stages) for r in out][:3] == [(16, 256, 5), (16, 256, 4), (16, 256, 3)]
-    assert [r.block_m for r in rungs(start, Ladder(), Ladder().order, rows_per_expert=40)][0] == 64
-    assert rungs(start, Ladder(), Ladder().order, rows_per_expert=128) == rungs(start, Ladder(), Ladder().order)
+    assert [r.block_m for r in rungs(start, Ladder(), Ladder().order, rows_per_expert=16)][0] == 32
+    assert [r.block_m for r in rungs(start, Ladder(), Ladder().order, rows_per_expert=20)][0] == 64
+    assert rungs(start, Ladder(), Ladder().order, rows_per_expert=40) == rungs(start, Ladder(), Ladder().order)
 
 
 def test_block_m_is_not_cut_when_disabled_pinned_out_of_moves_or_out_of_attempts() -> None:
@@ -128,5 +129,5 @@ def test_cut_rung_comes_first_respects_the_floor_and_the_rest_follow_the_order(
     cut = out[0]
     assert changed(start, cut) == {"block_m"}
     assert ladder.min_block_m <= cut.block_m < start.block_m
-    assert cut.block_m == ladder.min_block_m or cut.block_m // 2 < rows_per_expert <= cut.block_m
+    assert cut.block_m == ladder.min_block_m or cut.block_m // 2 < 2 * rows_per_expert <= cut.block_m
     assert out[1:] == rungs(cut, ladder.model_copy(update={"max_attempts": ladder.max_attempts - 1}), ladder.order)

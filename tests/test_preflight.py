@@ -88,7 +88,7 @@ def test_explain_marks_the_rungs_the_dispatcher_does_not_compile(tmp_path, capsy
     assert code == 0
     assert lines[3].split()[:3] == ["default", "128x256x128", "s3"] and " NO " in lines[3]
     assert lines[3].endswith("skipped uncompiled (lower bound over the limit)")
-    # 8 rows per expert: the first rung cuts block_m to 16, which fits.
+    # 8 rows per expert: the first rung cuts block_m to 16 (twice those rows), which fits.
     assert lines[4].split()[:4] == ["rung", "1", "16x256x128", "s3"] and lines[4].endswith("<- dispatcher picks")
 
 
