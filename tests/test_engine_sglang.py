@@ -13,7 +13,8 @@ from engine_support import DEVICE, fp8_per_tensor, moe_layer
 
 import resilient_moe as rm
 from resilient_moe import virtual
-from resilient_moe.backends.engines import fused_moe, launch, sglang as adapter
+from resilient_moe.backends import binding
+from resilient_moe.backends.engines import fused_moe, sglang as adapter
 from resilient_moe.backends.patching import ENGINES_ENV
 from resilient_moe.targets import placement
 from resilient_moe.testing import capture
@@ -105,7 +106,7 @@ def test_the_lower_bound_never_exceeds_a_real_compile(sglang, chip, monkeypatch)
     kernel = sys.modules[adapter.KERNELS].fused_moe_kernel
 
     def record(*args, **kwargs):
-        launches.append(launch.bind(kernel, args, kwargs))
+        launches.append(binding.bind(kernel, args, kwargs))
 
     monkeypatch.setattr(kernel, "pre_run_hooks", [*kernel.pre_run_hooks, record])
     x, w1, w2, weights, ids = moe_layer(tokens=8, hidden=256, intermediate=128)
@@ -158,7 +159,7 @@ def test_preflight_s_launches_compile_like_the_ones_sglang_makes(sglang, monkeyp
     chip = "sm_89"
     kernel = sys.modules[adapter.KERNELS].fused_moe_kernel
     made: list[tuple] = []
-    monkeypatch.setattr(kernel, "pre_run_hooks", [*kernel.pre_run_hooks, lambda *a, **k: made.append(launch.bind(kernel, a, k))])
+    monkeypatch.setattr(kernel, "pre_run_hooks", [*kernel.pre_run_hooks, lambda *a, **k: made.append(binding.bind(kernel, a, k))])
     x, w1, w2, weights, ids = moe_layer(tokens=8, hidden=256, intermediate=128)
     (q1, s1), (q2, s2) = fp8_per_tensor(w1), fp8_per_tensor(w2)
     tile = {**FP8_DEFAULT, "BLOCK_SIZE_M": 32, "num_stages": 3}

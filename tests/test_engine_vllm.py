@@ -17,7 +17,8 @@ from engine_support import DEVICE, fp8_block, fp8_per_tensor, moe_layer
 
 import resilient_moe as rm
 from resilient_moe import virtual
-from resilient_moe.backends.engines import fused_moe, launch, vllm as adapter
+from resilient_moe.backends import binding
+from resilient_moe.backends.engines import fused_moe, vllm as adapter
 from resilient_moe.backends.patching import ENGINES_ENV, patched
 from resilient_moe.testing import capture
 
@@ -215,7 +216,7 @@ def _double_launches(module, call: Callable[[], object]) -> list[tuple[list, dic
     """The launches of the double's kernel during ``call()``, bound as the JIT specializes them."""
     kernel = module.fused_moe_kernel
     made: list[tuple[list, dict]] = []
-    kernel.pre_run_hooks.append(hook := lambda *a, **k: made.append(launch.bind(kernel, a, k)))
+    kernel.pre_run_hooks.append(hook := lambda *a, **k: made.append(binding.bind(kernel, a, k)))
     try:
         call()
     finally:

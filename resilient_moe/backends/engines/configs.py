@@ -25,7 +25,7 @@ from ...dispatch import Call, candidates
 from ...policy import Policy
 from ...targets import Chip
 from .fused_moe import Layer, as_config, as_tile, rules, shared_lower_bound
-from .launch import Launch
+from ..binding import Launch
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 """The M rows the engines' tuning scripts write (SGLang's benchmark/kernels/fused_moe_triton, vLLM's

@@ -27,7 +27,7 @@ from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
 from ...settings import BoundedStore
 from ..timing import queued_ms
-from . import launch
+from .. import binding
 from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement
 
 CONFIG_NAMES = {"block_m": "BLOCK_SIZE_M", "block_n": "BLOCK_SIZE_N", "block_k": "BLOCK_SIZE_K",
@@ -300,7 +300,7 @@ def _check_launch(kernel: Any, chip: str, *args: Any, **kwargs: Any) -> None:
     tile = _checking.get()
     if tile is None:
         return
-    positional, constexprs = launch.bind(kernel, args, kwargs)
+    positional, constexprs = binding.bind(kernel, args, kwargs)
     # the interpreter drops launch options before its hooks: the attempt's own are what the engine passed
     constexprs.setdefault("num_warps", tile.num_warps)
     constexprs.setdefault("num_stages", tile.num_stages)

@@ -1,12 +1,10 @@
-"""The engines' ``fused_moe_kernel`` launches as compile jobs: a launch's arguments bound to the kernel's
-parameters, and the arguments both engines pass for one GEMM of a fused-experts call, so preflight
-compiles what the engine would launch without running it. Arguments are matched by name: a parameter
-the description does not know and that has no default is an error naming it."""
+"""The engines' ``fused_moe_kernel`` launches as compile jobs: the arguments both engines pass for one GEMM
+of a fused-experts call, so preflight compiles what the engine would launch without running it.
+Arguments are matched by name (``binding.split``): a parameter the description does not know and that
+has no default is an error naming it."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +12,6 @@ import torch
 
 if TYPE_CHECKING:
     from .fused_moe import Layer
-
-Launch = tuple[Any, tuple[Any, ...], dict[str, Any]]
-"""One kernel launch as a compile job takes it: the kernel, its non-constexpr arguments, its constexprs
-and launch options by name."""
-
-LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg", "launch_pdl", "waves_per_eu",
-                            "matrix_instr_nonkdim", "kpack", "enable_fp_fusion"})
 
 DESCRIBED = (None, "float32", "fp8_w8a8", "int8_w8a8")
 """The dtype selectors whose launches are described (the w*a16 formats run another kernel)."""
@@ -91,37 +82,3 @@ def specialized(value: int) -> int:
     """An integer argument as the JIT specializes it (1, a multiple of 16, or neither), so the M rows of
     one config share one compile: their token counts differ, not their code."""
     return value if value == 1 or value >= 2**31 else 16 if value % 16 == 0 else 17
-
-
-def bind(kernel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """A launch's arguments as the JIT specializes them: the non-constexpr parameters in order, and the
-    constexprs and launch options by name (defaults filled in)."""
-    names = list(inspect.signature(kernel.fn).parameters)
-    values = {**dict(zip(names, args)), **kwargs}
-    return split(kernel, values, lambda name: f"{name!r} was not passed to {kernel.fn.__name__}")
-
-
-def split(kernel: Any, values: dict[str, Any], missing: Callable[[str], str]) -> tuple[list[Any], dict[str, Any]]:
-    """Named launch ``values`` as a compile job takes them: positional non-constexprs in the kernel's
-    order, constexprs and launch options by name; names the kernel does not take are left out, and a
-    parameter without a value or default is a TypeError saying ``missing(name)``."""
-    positional: list[Any] = []
-    constexprs = {name: value for name, value in values.items() if name in LAUNCH_OPTIONS}
-    for name, parameter in inspect.signature(kernel.fn).parameters.items():
-        if name in values:
-            value = values[name]
-        elif parameter.default is not inspect.Parameter.empty:
-            value = parameter.default
-        else:
-            raise TypeError(missing(name))
-        if _is_constexpr(parameter.annotation):
-            constexprs[name] = value
-        else:
-            positional.append(value)
-    return positional, constexprs
-
-
-def _is_constexpr(annotation: Any) -> bool:
-    import triton.language as tl
-
-    return annotation is tl.constexpr or (isinstance(annotation, str) and annotation.split(".")[-1] == "constexpr")

@@ -23,7 +23,7 @@ from .fused_moe import Engine, Layer
 if TYPE_CHECKING:
     from ...targets import Chip
     from .configs import Tuning
-    from .launch import Launch
+    from ..binding import Launch
 
 PACKAGE = "sglang.srt.layers.moe.moe_runner.triton_utils"
 FUSED_MOE = f"{PACKAGE}.fused_moe"
@@ -193,6 +193,7 @@ def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[Launch]:
     a config, as the JIT specializes them, for compiling on a chip without running SGLang (preflight).
     SGLang's default server path: no TMA, no fused all-reduce or SwiGLU epilogue, no PDL before sm_90.
     tests/test_engine_sglang.py checks the result against the launches SGLang itself makes."""
+    from .. import binding
     from . import launch
 
     kernel = importlib.import_module(KERNELS).fused_moe_kernel
@@ -213,6 +214,6 @@ def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[Launch]:
             "FUSE_ADD_TO_OUTPUT": False, "MASK_OUTPUT": False, "FUSE_SUM_ALL_REDUCE": False,
             **({"USE_GDC": True, "GDC_EARLY": gemm.rows <= 512} if pdl else {}),
         }
-        positional, constexprs = launch.split(kernel, values, unknown)
+        positional, constexprs = binding.split(kernel, values, unknown)
         described.append((kernel, tuple(positional), constexprs))
     return described

@@ -25,7 +25,7 @@ from .fused_moe import Engine, Layer
 if TYPE_CHECKING:
     from ...targets import Chip
     from .configs import Tuning
-    from .launch import Launch
+    from ..binding import Launch
 
 PACKAGE = "vllm.model_executor.layers.fused_moe"
 FUSED_MOE = f"{PACKAGE}.fused_moe"
@@ -223,6 +223,7 @@ def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[Launch]:
     ``moe_align_block_size``'s padding, or one block per slot on the naive path of very sparse batches;
     SPLIT_K 1; BLOCK_SIZE_K within the quant block; SWAP_AB for fp8 on sm_90 at small block_m; no bias,
     no tensor descriptors. Checked against the launches the vLLM double makes (tests/test_engine_vllm.py)."""
+    from .. import binding
     from . import launch
 
     kernel = importlib.import_module(FUSED_MOE).fused_moe_kernel
@@ -246,6 +247,6 @@ def launches(layer: Layer, tile: dict[str, Any], arch: str) -> list[Launch]:
             "SWAP_AB": layer.dtype == "fp8_w8a8" and arch == "sm_90" and block_m < 64 and tile["BLOCK_SIZE_N"] >= 64,
             "USE_TD": False,
         }
-        positional, constexprs = launch.split(kernel, values, unknown)
+        positional, constexprs = binding.split(kernel, values, unknown)
         described.append((kernel, tuple(positional), constexprs))
     return described
