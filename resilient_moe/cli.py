@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 UPSTREAM_DTYPES = ("bf16", "fp8", "mxfp4")  # backends.upstream.preflight.DTYPES (kept here: no torch at parse time)
+AITER_KERNELS = ("moe_gemm_a8w4", "moe_gemm_a4w4", "moe_gemm_a8w8")
 ENGINE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "int8_w8a8")  # the engines' dtype selectors (bf16, fp16: none)
 DEFAULT_TOKENS: tuple[int, ...] = (1, 64, 4096)
 
@@ -56,6 +57,8 @@ def _policy_check(args: argparse.Namespace) -> int:
     print(f"  rungs the kernel's estimate puts over the limit: {'skipped, not compiled' if ladder.skip_predicted else 'compiled'}")
     trim = "first cut to that" if ladder.trim_block_m else "moves only in its place in the order"
     print(f"  block_m above twice the rows an expert gets: {trim}")
+    single = "only once every other move is at its floor" if ladder.single_stage_last else "in its place in the order"
+    print(f"  one stage (no pipelining): {single}")
     second = (f" and the ladder's landing begun with one {ladder.order[1]} step"
               if ladder.compare_second_move and len(ladder.order) > 1 else "")
     below = "kept: the first tile that fits wins" if ladder.compare == 0 else (
@@ -153,12 +156,16 @@ def _preflight_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.async_copy:
+        os.environ[ASYNC_COPY_ENV] = "1"
+    if args.no_async_copy:
+        os.environ[ASYNC_COPY_ENV] = "0"
+    if args.kernel in AITER_KERNELS:
+        return _preflight_aiter(args, policy)
     allowed = ENGINE_DTYPES if args.engine else UPSTREAM_DTYPES if args.kernel == "matmul_ogs" else tuple(DTYPES)
     if args.dtype not in allowed:
         print(f"--dtype: {args.engine or args.kernel} preflight takes {', '.join(allowed)}, got {args.dtype!r}", file=sys.stderr)
         return 2
-    if args.async_copy:
-        os.environ[ASYNC_COPY_ENV] = "1"
     if args.engine is not None:
         return _preflight_engine(args, policy)
     if args.write_configs is not None:
@@ -280,6 +287,43 @@ def _preflight_engine(args: argparse.Namespace, policy: Policy) -> int:
         where = "" if folder == directory else f" (it reads {folder.relative_to(directory)}/: this Triton's folder)"
         print(f"serve with {tuning.env}={directory.resolve()}{where}")
     return 0
+
+
+def _preflight_aiter(args: argparse.Namespace, policy: Policy) -> int:
+    """``preflight --kernel moe_gemm_a8w4``: aiter's own config for each GEMM of the model at each token
+    count, its LDS compiled for the chip, and the ladder's landing where it does not fit."""
+    from .backends.aiter import ops, preflight, source
+    from .render import aiter_table
+    from .targets import describe_compiler
+
+    if args.model is None:
+        print("--kernel moe_gemm_*: give --model (a preset)", file=sys.stderr)
+        return 2
+    op = ops.OPS[args.kernel]
+    try:
+        module = source.module(op.module, args.aiter_source, args.arch.name)
+    except ImportError as err:
+        print(f"resilient-moe preflight --kernel {args.kernel}: {err}", file=sys.stderr)
+        return 2
+    ops.hook(module)
+    model = PRESETS[args.model]
+    swizzle = "CDNA4_SCALE" if args.swizzle == "cdna4" else None
+    pad = 256 if swizzle else 32  # the CDNA4 swizzle unswizzles scales in 256-wide K blocks
+    hidden, intermediate = (-(-size // pad) * pad for size in (model.hidden, model.intermediate // args.tp))
+    shapes = preflight.model_shapes(model.experts, model.top_k, hidden, intermediate, model.bias, swizzle)
+    rows = preflight.plan(op, module, shapes, list(args.tokens), args.arch, policy)
+    if args.json:
+        print(json.dumps({"kernel": args.kernel, "aiter": str(args.aiter_source or source.version()), "arch": args.arch.name,
+                          "limit": args.arch.max_shared_mem, "compiler": describe_compiler(args.arch.name),
+                          "model": args.model, "hidden": hidden, "intermediate": intermediate, "swizzle": swizzle,
+                          "rows": [preflight.as_dict(r) for r in rows]}, indent=1, default=str))
+        return 0
+    print(f"aiter {args.kernel} ({args.aiter_source or source.version()}), {args.model} (tp {args.tp}; hidden {hidden}, "
+          f"intermediate {intermediate}, swizzle {swizzle}), on {_describe_chip(args.arch)}; triton "
+          f"{describe_compiler(args.arch.name)}")
+    print(aiter_table(rows))
+    print(f"\n{sum(not r.fits for r in rows)} of {len(rows)} of aiter's configs do not fit {args.arch.name}")
+    return 1 if any(r.landed is None for r in rows) else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -439,11 +483,21 @@ def _add_preflight_commands(subparsers: argparse._SubParsersAction[argparse.Argu
                      help=f"record the winners in FILE, which must be named {FILE_NAME}; point the server's "
                      f"{CACHE_DIR_ENV} at its folder (existing entries are kept)")
     pre.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    pre.add_argument("--kernel", choices=("moe_matmul", "matmul_ogs"), default="moe_matmul",
+    pre.add_argument("--kernel", choices=("moe_matmul", "matmul_ogs", *AITER_KERNELS), default="moe_matmul",
                      help="moe_matmul: the builtin kernel (no GPU needed); matmul_ogs: upstream triton_kernels' own "
-                     f"tiles ({', '.join(UPSTREAM_DTYPES)}; runs upstream's host code, so needs a GPU machine)")
-    pre.add_argument("--async-copy", action="store_true",
-                     help=f"compile as with {ASYNC_COPY_ENV}=1 (AMD: one LDS buffer more per tile)")
+                     f"tiles ({', '.join(UPSTREAM_DTYPES)}; runs upstream's host code, so needs a GPU machine); "
+                     "moe_gemm_a8w4/a4w4/a8w8: aiter's Triton MoE GEMMs in their own formats (no GPU needed)")
+    copy = pre.add_mutually_exclusive_group()
+    copy.add_argument("--async-copy", action="store_true",
+                      help=f"compile as with {ASYNC_COPY_ENV}=1 (AMD: one LDS buffer more per tile)")
+    copy.add_argument("--no-async-copy", action="store_true",
+                      help=f"compile as with {ASYNC_COPY_ENV}=0 (Triton 3.9 copies asynchronously on gfx950 by default)")
+    aiter = pre.add_argument_group("aiter's kernels (--kernel moe_gemm_*)")
+    aiter.add_argument("--aiter-source", metavar="DIR",
+                       help="a checkout of ROCm/aiter (the folder holding aiter/ops/triton), imported without aiter's "
+                       "compiled parts; default: RESILIENT_MOE_AITER_SOURCE, else the installed aiter")
+    aiter.add_argument("--swizzle", choices=("cdna4", "none"), default="cdna4",
+                       help="weight-scale layout: cdna4 (aiter's on gfx950; sizes padded to 256) or none")
     engine = pre.add_argument_group("an engine's own kernel (--engine)")
     engine.add_argument("--engine", choices=("sglang", "vllm"),
                         help="check the engine's own fused_moe_kernel configs (its tuned file for --device-name, else its "

@@ -43,6 +43,7 @@ class Ladder(Frozen):
     factor: Annotated[int, Field(ge=2)] = 2
     max_attempts: Annotated[int, Field(ge=1, le=64)] = 12
     skip_predicted: bool = True  # a rung the kernel's lower bound puts over the limit is not compiled
+    single_stage_last: bool = True  # num_stages goes below 2 only when no other move is left (ladder.rungs)
     trim_block_m: bool = True  # the first rung cuts block_m to twice the mean rows per expert (ladder.rungs)
     compare: Annotated[int, Field(ge=0, le=8)] = 1  # time the landing tile against this many rungs below it
     compare_second_move: bool = True  # and against the landing begun with one step of the second move

@@ -234,10 +234,10 @@ def test_compare_keeps_the_fastest_of_the_landing_tile_and_the_rungs_below(compa
         assert timed == [] and "compared" not in selected
         assert selected["config"] == landed.as_dict()
         return
-    below = [landed.replace(num_stages=2), landed.replace(num_stages=1)]
+    below = [landed.replace(num_stages=2), landed.replace(num_stages=2, block_n=128)]  # one stage comes last
     assert timed == [landed, *below] * ROUNDS  # in alternation, each keeping its best round
     assert selected["config"] == below[0].as_dict()
-    assert [(c["config"]["num_stages"], c["ms"]) for c in selected["compared"]] == [(3, 2.0), (2, 1.0), (1, 3.0)]
+    assert [(c["config"]["num_stages"], c["ms"]) for c in selected["compared"]] == [(3, 2.0), (2, 1.0), (2, 1.0)]
     timed.clear()
     with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy)
@@ -314,9 +314,10 @@ def test_a_recovery_times_the_landing_tile_its_one_tile_form_the_rung_below_and_
     (selected,) = [e for e in logs if e["event"] == "tiling.selected"]
     landed = rm.TileConfig(64, 256, 128, group_m=8, num_warps=4, num_stages=2, is_persistent=True)
     block_n_first = landed.replace(block_n=128, num_stages=4)  # 147456 B: fits with the default's stages
-    assert timed == [landed, landed.replace(is_persistent=False), landed.replace(num_stages=1), block_n_first] * ROUNDS
+    below = landed.replace(block_n=128)  # the next rung: stages stop at 2 while block_n can move
+    assert timed == [landed, landed.replace(is_persistent=False), below, block_n_first] * ROUNDS
     assert selected["config"] == landed.replace(is_persistent=False).as_dict()
-    assert [c["ms"] for c in selected["compared"]] == [2.0, 0.5, 1.0, 4.0]
+    assert [c["ms"] for c in selected["compared"]] == [2.0, 0.5, 2.0, 4.0]
     with capture() as logs:
         moe_matmul(x, w, routing, "gather", policy=policy_with("sm_90", over, ladder={"trim_block_m": False,
                                                                                    "compare_second_move": False}))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient_moe.config import TileConfig
-from resilient_moe.ladder import rungs, step
+from resilient_moe.ladder import PIPELINED, rungs, step
 from resilient_moe.policy import Ladder
 
 MOVES = ("block_n", "block_m", "block_k", "num_stages", "num_warps")
@@ -48,12 +48,21 @@ def test_rungs_shrink_one_field_at_a_time_in_policy_order(start: TileConfig, lad
     for rung in out:
         (field,) = changed(previous, rung)  # exactly one field moves per rung
         assert getattr(rung, field) < getattr(previous, field)
-        position_of = ladder.order.index(field)
-        assert position_of >= position, "a later move never comes back to an earlier one"
-        position = position_of
+        if field == "num_stages" and rung.num_stages < PIPELINED:  # the single stage comes last
+            assert all(step(rung, move, ladder) is None for move in ladder.order if move != "num_stages")
+        else:
+            position_of = ladder.order.index(field)
+            assert position_of >= position, "a later move never comes back to an earlier one"
+            position = position_of
         previous = rung
     assert len(out) == len(set(out)) and start not in out
     assert len(out) <= ladder.max_attempts - 1
+
+
+def test_without_single_stage_last_num_stages_runs_to_its_floor_in_its_place() -> None:
+    start = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3)
+    ladder = Ladder(single_stage_last=False)
+    assert [(r.block_n, r.num_stages) for r in rungs(start, ladder, ladder.order)][:3] == [(256, 2), (256, 1), (128, 1)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -81,11 +90,12 @@ def test_each_move_runs_to_its_floor_when_attempts_allow(start: TileConfig, ladd
         assert step(last, move, roomy) is None
 
 
-def test_default_order_drops_stages_then_block_n_then_block_m() -> None:
+def test_default_order_drops_stages_to_two_then_block_n_then_block_m_then_the_last_stage() -> None:
     start = TileConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3)
-    out = rungs(start, Ladder(), Ladder().order)
-    assert [(r.block_m, r.block_n, r.num_stages) for r in out][:5] == [
-        (128, 256, 2), (128, 256, 1), (128, 128, 1), (128, 64, 1), (128, 32, 1),
+    out = rungs(start, Ladder(max_attempts=64), Ladder().order)
+    assert [(r.block_m, r.block_n, r.num_stages) for r in out] == [
+        (128, 256, 2), (128, 128, 2), (128, 64, 2), (128, 32, 2), (128, 16, 2),
+        (64, 16, 2), (32, 16, 2), (16, 16, 2), (16, 16, 1),
     ]
 
 
