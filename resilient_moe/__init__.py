@@ -2,7 +2,7 @@
 
 Flow of a call: policy (policy.py) -> ladder (ladder.py) -> dispatch (dispatch.py, one protocol for
 every backend) -> backends/ (builtin/: our kernel; upstream/: upstream's matmul_ogs; engines/: SGLang's
-and vLLM's fused_moe_kernel) ->
+and vLLM's fused_moe_kernel; aiter/: ROCm aiter's MoE GEMMs) ->
 cache (cache.py) and events (events.py). virtual/ compiles for chips this machine does not have;
 targets.py lists them; settings.py holds the process-global state and ``reset()``.
 
@@ -37,6 +37,7 @@ _EXPORTS = {
     **dict.fromkeys(("matmul", "matmul_ogs", "patch_triton_kernels", "unpatch_triton_kernels"), "backends.upstream"),
     **dict.fromkeys(("patch_sglang", "unpatch_sglang", "patch_vllm", "unpatch_vllm", "warm_up", "CaptureMissError"),
                     "backends.engines"),
+    **dict.fromkeys(("patch_aiter", "unpatch_aiter"), "backends.aiter"),
 }
 __all__ = sorted(_EXPORTS)
 
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         patch_triton_kernels,
         unpatch_triton_kernels,
     )
+    from .backends.aiter import patch_aiter, unpatch_aiter
     from .backends.builtin.moe_matmul import moe_matmul, resolution
     from .backends.engines import CaptureMissError, patch_sglang, patch_vllm, unpatch_sglang, unpatch_vllm, warm_up
     from .cache import TilingCache

@@ -267,27 +267,42 @@ def _second_move_first(
     resource: str | None,
 ) -> list[TileConfig]:
     """Where the ladder lands begun with one step of its second move (``ladder.compare_second_move``, with
-    ``ladder.compare`` at least 1): the first rung the kernel's lower bound says fits, when the landing
-    gave up some of the first move's field and a timer can compare (none without a bound). The shipped
-    order keeps the MMA tile and gives up stages; this keeps more stages on a tile half as wide: on
-    SGLang's fp8 fused_moe under a 101376-byte cap, block_n 128 at 4 stages beat block_n 256 at 2
+    ``ladder.compare`` at least 1), when a timer can compare it with the landing. The shipped order
+    keeps the MMA tile and gives up stages; this keeps more stages on a tile half as wide: on SGLang's
+    fp8 fused_moe under a 101376-byte cap, block_n 128 at 4 stages beat block_n 256 at 2
     (docs/design.md, "Ladder")."""
     if call.timer is None or not (ladder.compare and ladder.compare_second_move and resource):
         return []
+    found = _second_landing(call, start, landed, ladder, policy, pinned, resource)
+    return [] if found is None else [found]
+
+
+def second_move_landing(call: Call, policy: Policy, landed: TileConfig, resource: str = "shared memory") -> TileConfig | None:
+    """What a recovery on the chip would time against ``landed`` (``ladder.compare_second_move``), for
+    preflight to show: the ladder begun with one step of its second move, first rung the lower bound
+    says fits; None where the landing kept the first move's field or nothing is bounded."""
+    start, pinned = _start(call, policy)
+    return _second_landing(call, start, landed, call.ladder(policy), policy, pinned, resource)
+
+
+def _second_landing(
+    call: Call, start: TileConfig, landed: TileConfig, ladder: Ladder, policy: Policy, pinned: frozenset[str],
+    resource: str,
+) -> TileConfig | None:
+    """The first rung the kernel's lower bound says fits, of the ladder begun with one step of its
+    second move, when the landing gave up some of the first move's field (none without a bound)."""
     if call.shared_lower_bound is None or call.shared_limit is None:
-        return []
+        return None
     moves = policy.moves_for(resource)
     if len(moves) < 2 or getattr(landed, moves[0]) == getattr(start, moves[0]):
-        return []
+        return None
     second = moves[1]
     first_steps = rungs(start, ladder, (second, *(m for m in moves if m != second)), pinned, call.rows_per_expert)
     stepped = next((r for r in first_steps if getattr(r, second) != getattr(start, second)), None)  # after any trim
     if stepped is None:
-        return []
-    for rung in [stepped, *rungs(stepped, ladder, moves, pinned)]:
-        if call.shared_lower_bound(rung) <= call.shared_limit:
-            return [rung]
-    return []
+        return None
+    return next((rung for rung in [stepped, *rungs(stepped, ladder, moves, pinned)]
+                 if call.shared_lower_bound(rung) <= call.shared_limit), None)
 
 
 def _fastest(

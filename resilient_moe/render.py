@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .config import TileConfig
 
 if TYPE_CHECKING:
+    from .backends.aiter.preflight import Row as AiterRow
     from .backends.engines.configs import Row as EngineRow
     from .backends.upstream.preflight import UpstreamRow
     from .policy import Policy
@@ -155,3 +156,19 @@ def engine_table(rows: Sequence[EngineRow], backend: str) -> str:
     body = [(r.tokens, str(as_tile(r.default, backend)), r.default_bytes, "yes" if r.fits else "NO",
              str(as_tile(r.written, backend)), r.written_bytes, r.compiled) for r in rows]
     return table(("M", "engine's config", "bytes", "fits", "written", "bytes", "compiled"), body, right=(0, 2, 5, 6))
+
+
+def aiter_table(rows: Sequence[AiterRow]) -> str:
+    """``preflight --kernel moe_gemm_*``: per GEMM and token count, aiter's config and its LDS, where the
+    ladder lands, what a recovery on the chip times against it, and aiter's own stage picker."""
+    def tile(config: dict[str, Any] | None) -> str:
+        if config is None:
+            return "-"
+        return f"{config['block_m']}x{config['block_n']}x{config['block_k']} s{config['num_stages']} w{config['num_warps']}"
+
+    body = [(r.shape.name, r.tokens, r.block_m, tile(r.own), r.own_bytes, "yes" if r.fits else "NO",
+             "" if r.fits else tile(r.landed), "" if r.fits else r.landed_bytes,
+             "" if r.second is None else f"{tile(r.second)} ({r.second_bytes})",
+             "-" if r.picked_stages is None else r.picked_stages) for r in rows]
+    return table(("gemm", "tokens", "block_m", "aiter's config", "LDS", "fits", "landed", "LDS", "timed against it",
+                  "aiter's picker"), body, right=(1, 2, 4, 7))

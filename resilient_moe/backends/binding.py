@@ -25,11 +25,12 @@ def bind(kernel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[li
 
 
 def split(kernel: Any, values: dict[str, Any], missing: Callable[[str], str]) -> tuple[list[Any], dict[str, Any]]:
-    """Named launch ``values`` as a compile job takes them: positional non-constexprs in the kernel's
-    order, constexprs and launch options by name; names the kernel does not take are left out, and a
-    parameter without a value or default is a TypeError saying ``missing(name)``."""
-    positional: list[Any] = []
-    constexprs = {name: value for name, value in values.items() if name in LAUNCH_OPTIONS}
+    """Named launch ``values`` as a compile job takes them: positional, in the kernel's order, every
+    parameter up to its last non-constexpr one (constexprs among them in their place, as a launch
+    passes them), and the constexprs after it and the launch options by name; names the kernel does
+    not take are left out, and a parameter without a value or default is a TypeError saying
+    ``missing(name)``."""
+    ordered: list[tuple[str, Any, bool]] = []
     for name, parameter in inspect.signature(kernel.fn).parameters.items():
         if name in values:
             value = values[name]
@@ -37,11 +38,11 @@ def split(kernel: Any, values: dict[str, Any], missing: Callable[[str], str]) ->
             value = parameter.default
         else:
             raise TypeError(missing(name))
-        if _is_constexpr(parameter.annotation):
-            constexprs[name] = value
-        else:
-            positional.append(value)
-    return positional, constexprs
+        ordered.append((name, value, _is_constexpr(parameter.annotation)))
+    last = max((i for i, (_, _, constexpr) in enumerate(ordered) if not constexpr), default=-1)
+    constexprs = {name: value for name, value in values.items() if name in LAUNCH_OPTIONS}
+    constexprs.update((name, value) for name, value, _ in ordered[last + 1:])
+    return [value for _, value, _ in ordered[: last + 1]], constexprs
 
 
 def _is_constexpr(annotation: Any) -> bool:

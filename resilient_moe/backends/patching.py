@@ -1,5 +1,6 @@
 """Putting our functions where serving code looks a kernel's up, and taking them back: shared by the
-upstream backend (``patch_triton_kernels``) and the engines (``patch_sglang``, ``patch_vllm``).
+upstream backend (``patch_triton_kernels``), the engines (``patch_sglang``, ``patch_vllm``) and aiter
+(``patch_aiter``).
 
 A function is replaced by identity, under any name, in every imported module's namespace (vLLM, SGLang
 and ATOM do ``from x import fn``), except our own modules. Each replacement is recorded, so undoing
@@ -66,8 +67,8 @@ def swap(owner: str, replacing: dict[int, tuple[Any, Any]]) -> None:
                     _patches.append(_Patch(owner, module, name, value, found[1]))
 
 
-def set_attribute(owner: str, holder: type, name: str, replacement: Any) -> None:
-    """Set ``holder.name`` (a class's method) to ours, on behalf of ``owner``."""
+def set_attribute(owner: str, holder: type | types.ModuleType, name: str, replacement: Any) -> None:
+    """Set ``holder.name`` (a class's method, a module's function) to ours, on behalf of ``owner``."""
     with lock:
         patch = _Patch(owner, holder, name, holder.__dict__[name], replacement)
         patch.put(replacement)

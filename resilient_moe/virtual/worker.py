@@ -95,6 +95,7 @@ class CompileJob:
     constexprs: tuple[tuple[str, Any], ...]  # constexpr values and launch options (num_warps, num_stages)
     chip: str
     env: tuple[tuple[str, str], ...] = ()  # the compiler's environment knobs (targets.COMPILE_ENV) to compile under
+    setup: tuple[str, str] | None = None  # ("module:function", argument): makes the kernel's module importable
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,13 @@ def job_for(kernel: Any, args: tuple[Any, ...], constexprs: dict[str, Any], chip
 
     fn = kernel.fn
     described = tuple(_described(a) for a in args)
-    return CompileJob(f"{fn.__module__}:{fn.__name__}", described, tuple(sorted(constexprs.items())), chip, compile_env())
+    setup = IMPORTERS.get(fn.__module__.split(".")[0])
+    return CompileJob(f"{fn.__module__}:{fn.__name__}", described, tuple(sorted(constexprs.items())), chip, compile_env(), setup)
+
+
+IMPORTERS: dict[str, tuple[str, str]] = {}
+"""Top-level package -> ("module:function", argument) a worker calls before importing a kernel of that
+package: for packages entered from a source tree rather than installed (aiter's, ``backends.aiter.source``)."""
 
 
 def compile_here(job: CompileJob) -> Compiled:
@@ -122,6 +129,10 @@ def compile_here(job: CompileJob) -> Compiled:
     from ..targets import chip as lookup
     from .driver import virtual_target
 
+    if job.setup is not None:
+        where, argument = job.setup
+        setup_module, function = where.split(":")
+        getattr(importlib.import_module(setup_module), function)(argument)
     module, name = job.kernel.split(":")
     kernel = getattr(importlib.import_module(module), name)
     target = lookup(job.chip)

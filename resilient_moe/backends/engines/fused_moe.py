@@ -10,11 +10,10 @@ An engine module (``sglang.py``, ``vllm.py``) only says where its functions are 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -27,7 +26,7 @@ from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
 from ...settings import BoundedStore
 from ..timing import queued_ms
-from .. import binding
+from ..checking import checked
 from ...targets import INTERPRETER_LOCK, Placement, compile_env_key, compiler_tag, placement
 
 CONFIG_NAMES = {"block_m": "BLOCK_SIZE_M", "block_n": "BLOCK_SIZE_N", "block_k": "BLOCK_SIZE_K",
@@ -221,7 +220,7 @@ def _resolved(
     key = key_for(engine, layer, engine_config, where, policy.fingerprint)
 
     def attempt(tile: TileConfig) -> Any:
-        with _checked(engine, where, tile):
+        with checked(engine.kernels, where, tile):
             if tile == default:
                 return engine.fused_experts(*args, **kwargs)
             return overridden(engine, as_config(tile, own), lambda: engine.fused_experts(*args, **kwargs))
@@ -269,42 +268,6 @@ def overridden(engine: Engine, config: dict[str, Any], call: Callable[[], Any]) 
             except BaseException as err:  # re-raised below, once the override is undone
                 failed = err
         raise failed
-
-
-_checking: contextvars.ContextVar[TileConfig | None] = contextvars.ContextVar("resilient_moe_engine_tile", default=None)
-_hooked: set[int] = set()
-
-
-@contextlib.contextmanager
-def _checked(engine: Engine, where: Placement, tile: TileConfig) -> Iterator[None]:
-    """On a virtual chip under the interpreter (tests and demos on a CPU), every launch of the engine's
-    kernels during the attempt is first compiled for that chip, and raises its real OutOfResources
-    (elsewhere the JIT's own check on the device does)."""
-    if where.virtual is None or not where.interpreter:
-        yield
-        return
-    for kernel in engine.kernels():
-        if id(kernel) not in _hooked:
-            kernel.add_pre_run_hook(functools.partial(_check_launch, kernel, where.virtual.name))
-            _hooked.add(id(kernel))
-    token = _checking.set(tile)
-    try:
-        yield
-    finally:
-        _checking.reset(token)
-
-
-def _check_launch(kernel: Any, chip: str, *args: Any, **kwargs: Any) -> None:
-    from ... import virtual
-
-    tile = _checking.get()
-    if tile is None:
-        return
-    positional, constexprs = binding.bind(kernel, args, kwargs)
-    # the interpreter drops launch options before its hooks: the attempt's own are what the engine passed
-    constexprs.setdefault("num_warps", tile.num_warps)
-    constexprs.setdefault("num_stages", tile.num_stages)
-    virtual.fits(kernel, tuple(positional), constexprs, chip)
 
 
 def _timer(
