@@ -73,3 +73,12 @@ def test_preflight_for_an_engine_that_is_not_installed_says_so(cache_dir: Path) 
     out = cli("preflight", "--engine", "vllm", "--arch", "sm_89", "--model", "qwen3-30b-a3b", "--dtype", "fp8_w8a8",
               cache_dir=cache_dir)
     assert out.returncode == 2 and "vLLM's Triton fused MoE" in out.stderr and "cannot be imported" in out.stderr
+
+
+def test_preflight_of_aiter_without_aiter_or_a_source_tree_says_how_to_get_one(cache_dir: Path, tmp_path: Path) -> None:
+    out = cli("preflight", "--kernel", "moe_gemm_a8w4", "--arch", "gfx950", "--model", "gpt-oss-120b",
+              cache_dir=cache_dir)
+    assert out.returncode == 2 and "RESILIENT_MOE_AITER_SOURCE" in out.stderr
+    out = cli("preflight", "--kernel", "moe_gemm_a8w4", "--aiter-source", str(tmp_path), "--arch", "gfx950",
+              "--model", "gpt-oss-120b", cache_dir=cache_dir)
+    assert out.returncode == 2 and "no aiter/ops/triton under it" in out.stderr

@@ -104,11 +104,16 @@ def own_config(module: ModuleType, gemm: Gemm, routing: Any) -> dict[str, Any]:
     """aiter's config for the call, as its wrapper would launch it (the CDNA4 swizzle's block_k >= 256
     applied, as the wrapper applies it after the lookup)."""
     found = lookup(module)
-    takes_swizzle = len(inspect.signature(found).parameters) >= 5
-    config = dict(found(gemm.m, gemm.n, gemm.k, routing, gemm.swizzle) if takes_swizzle else found(gemm.m, gemm.n, gemm.k, routing))
+    config = dict(found(gemm.m, gemm.n, gemm.k, routing, gemm.swizzle) if _takes_swizzle(found) else found(gemm.m, gemm.n, gemm.k, routing))
     if gemm.swizzle == "CDNA4_SCALE" and config["block_k"] < 256:
         config["block_k"] = 256
     return config
+
+
+@functools.cache
+def _takes_swizzle(found: Callable[..., Any]) -> bool:
+    """Whether this aiter's lookup takes the swizzle (it does since aiter #3580)."""
+    return len(inspect.signature(found).parameters) >= 5
 
 
 def as_tile(config: dict[str, Any]) -> TileConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from ...dispatch import Call, candidates, second_move_landing
 from ...policy import Policy
 from ...targets import Chip, amd_async_copy
+from .. import patching
 from ..binding import Launch, bind
 from . import ops
 
@@ -109,8 +111,8 @@ def recorded(op: ops.Op, module: ModuleType, call: dict[str, Any], config: dict[
     """The GEMM launch aiter's wrapper makes for ``call`` under ``config`` (None: aiter's own choice)."""
     launches: list[Launch] = []
     with _recording(op, module, launches), ops.imposing(config):
-        entry = getattr(module, op.name)
-        accepted = entry.__code__.co_varnames[: entry.__code__.co_argcount]
+        entry = patching.original(module, op.name)
+        accepted = inspect.signature(entry).parameters
         entry(**{name: value for name, value in call.items() if name in accepted})
     gemm = [launch for launch in launches if launch[0].fn.__name__.startswith(op.kernel_prefix)]
     if len(gemm) != 1:

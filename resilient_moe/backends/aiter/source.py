@@ -13,6 +13,7 @@ the target's. One source per process: its modules are ``aiter.*``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -79,11 +80,13 @@ def _arch_info(arch: str) -> None:
         importlib.import_module(DEVICE_INFO).get_num_sms = lambda: target.sm_count
 
 
-def version(root: Path | str | None = None) -> str:
-    """The aiter release installed, else ``source`` (a source tree has no version of its own)."""
-    if root is None and os.environ.get(SOURCE_ENV) is None:
-        try:
-            return importlib.metadata.version("amd-aiter")
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
-    return "source"
+@functools.cache
+def version() -> str:
+    """The aiter release installed (part of every key: a release can change a kernel's LDS), else
+    ``source`` for a source tree, which has no version of its own."""
+    if "aiter" in sys.modules and not hasattr(sys.modules["aiter"], "__file__"):
+        return "source"
+    try:
+        return importlib.metadata.version("amd-aiter")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
