@@ -131,6 +131,11 @@ def test_patch_replaces_the_wrapper_and_hooks_the_lookup_and_unpatch_restores_bo
     assert module.moe_gemm_a8w4 is theirs and module.get_kernel_config_triton is lookup
 
 
+def test_patching_from_a_folder_without_aiter_says_so(module, tmp_path) -> None:
+    with pytest.raises(ImportError, match="none of aiter's MoE GEMMs can be imported"):
+        rm.patch_aiter(str(tmp_path))
+
+
 @interpreted
 def test_aiter_s_own_config_is_the_default_rung_and_runs_as_aiter_has_it(patched) -> None:
     arguments = call()

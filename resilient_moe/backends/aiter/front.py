@@ -109,21 +109,25 @@ def _timer(attempt: Callable[[TileConfig], Any], arguments: dict[str, Any]) -> C
 
 def patch_aiter(source_root: str | None = None) -> None:
     """Put ours where aiter's MoE GEMM wrappers are looked up (their modules and every module holding
-    them), and hook each module's config lookup; modules of wrappers aiter does not have are skipped.
-    Safe to call again. ``source_root``: an aiter source tree (tool processes; see ``source``)."""
+    them), and hook each module's config lookup; wrappers this aiter does not have are skipped, and
+    ImportError says why when it has none. Safe to call again. ``source_root``: an aiter source tree (tool processes; see ``source``)."""
     placement()  # RESILIENT_MOE_SHARED_MEMORY_CAP in force before aiter's first launch
     with patching.lock:
         replacing = {}
+        missing: list[ImportError] = []
         for op in ops.OPS.values():
             try:
                 module = source.module(op.module, source_root)
-            except ImportError:
+            except ImportError as err:
+                missing.append(err)
                 continue
             if getattr(getattr(module, op.name, None), "__resilient_moe_front__", False):
                 continue
             ops.hook(module)
             entry = getattr(module, op.name)
             replacing[id(entry)] = (entry, front(op, module))
+        if len(missing) == len(ops.OPS):
+            raise ImportError(f"none of aiter's MoE GEMMs can be imported: {missing[0]}")
         patching.swap(ops.OWNER, replacing)
 
 
