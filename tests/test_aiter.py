@@ -131,6 +131,11 @@ def test_patch_replaces_the_wrapper_and_hooks_the_lookup_and_unpatch_restores_bo
     assert module.moe_gemm_a8w4 is theirs and module.get_kernel_config_triton is lookup
 
 
+def test_a_call_without_routing_data_names_it(patched) -> None:
+    with pytest.raises(ValueError, match="routing_data is None"):
+        patched.moe_gemm_a8w4(**{**call(), "routing_data": None})
+
+
 def test_patching_from_a_folder_without_aiter_says_so(module, tmp_path) -> None:
     with pytest.raises(ImportError, match="none of aiter's MoE GEMMs can be imported"):
         rm.patch_aiter(str(tmp_path))

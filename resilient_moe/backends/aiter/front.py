@@ -60,15 +60,13 @@ def front(op: ops.Op, module: ModuleType) -> Callable[..., Any]:
 def run(op: ops.Op, module: ModuleType, entry: Callable[..., Any], signature: inspect.Signature,
         args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Resolution | None]:
     """One call with the tiling fallback, and how its tile was settled (None: no rows, aiter's own)."""
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    arguments = bound.arguments
+    arguments = signature.bind(*args, **kwargs).arguments  # what the call passed; the rest are aiter's defaults
     gemm = ops.gemm_of(op, arguments)
     if gemm.m == 0:
         return entry(*args, **kwargs), None
     where = placement()
     policy = active_policy()
-    routing = arguments["routing_data"]
+    routing = arguments["routing_data"]  # gemm_of checked it
     own = ops.own_config(module, gemm, routing)
     default = ops.as_tile(own)
     key = AiterKey(f"aiter.{op.name}", where.arch, _TRITON, source.version(), gemm.n, gemm.k, gemm.block_m,

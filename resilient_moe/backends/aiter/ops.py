@@ -75,7 +75,9 @@ class Gemm:
 def gemm_of(op: Op, arguments: dict[str, Any]) -> Gemm:
     """The sizes aiter's wrapper derives before its config lookup (M from the gather indices, K and
     N from the operands, the unpadded sizes where block_m is 16)."""
-    x, w, routing = arguments["x"], arguments["w"], arguments["routing_data"]
+    x, w, routing = arguments["x"], arguments["w"], arguments.get("routing_data")
+    if routing is None:
+        raise ValueError(f"{op.name}: routing_data is None; aiter's MoE GEMMs take their block_m from it")
     gather = arguments.get("gather_indx")
     m = x.shape[-2] if gather is None else gather.shape[0]
     k = x.shape[-1] * (2 if op.packed_x else 1)
