@@ -17,6 +17,7 @@ from ...cache import row_bucket
 from ...config import TileConfig
 from ...dispatch import Call, Resolution, resolve
 from ...policy import active_policy
+from ...settings import BoundedStore
 from ...targets import INTERPRETER_LOCK, amd_async_copy, compile_env_key, compiler_tag, placement
 from .. import patching
 from ..checking import checked
@@ -68,10 +69,9 @@ def run(op: ops.Op, module: ModuleType, entry: Callable[..., Any], signature: in
     policy = active_policy()
     routing = arguments["routing_data"]  # gemm_of checked it
     own = ops.own_config(module, gemm, routing)
-    default = ops.as_tile(own)
+    default, own_text = _derived(own)
     key = AiterKey(f"aiter.{op.name}", where.arch, _TRITON, source.version(), gemm.n, gemm.k, gemm.block_m,
-                   row_bucket(gemm.m), str(gemm.swizzle), ",".join(f"{k}={own[k]}" for k in sorted(own)),
-                   compile_env_key(where.arch), policy.fingerprint)
+                   row_bucket(gemm.m), str(gemm.swizzle), own_text, compile_env_key(where.arch), policy.fingerprint)
 
     def attempt(tile: TileConfig) -> Any:
         config = own if tile == default else ops.as_config(tile, own)
@@ -94,6 +94,20 @@ def run(op: ops.Op, module: ModuleType, entry: Callable[..., Any], signature: in
         with INTERPRETER_LOCK:
             return resolve(key, attempt, describe, policy, settings.cache())
     return resolve(key, attempt, describe, policy, settings.cache())
+
+
+_DERIVED = BoundedStore(1024)
+"""aiter's config as our tile and as the key's text, per config: aiter returns one of a few dicts per
+shape (its tuned entries or its heuristic's), so a cached call derives neither again."""
+
+
+def _derived(own: dict[str, Any]) -> tuple[TileConfig, str]:
+    memo = tuple(sorted(own.items()))
+    found = _DERIVED.get(memo)
+    if found is None:
+        found = (ops.as_tile(own), ",".join(f"{name}={value}" for name, value in memo))
+        _DERIVED.put(memo, found)
+    return found
 
 
 def _timer(attempt: Callable[[TileConfig], Any], arguments: dict[str, Any]) -> Callable[[TileConfig], float] | None:
