@@ -10,6 +10,7 @@ reaches the caller unchanged.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,33 @@ def candidates(call: Call, policy: Policy) -> list[TileConfig]:
     start, pinned = _start(call, policy)
     moves = policy.moves_for("shared memory")
     return [start, *rungs(start, call.ladder(policy), moves, pinned, call.rows_per_expert)]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Where a climb would land, found by compiling alone (preflight): nothing runs."""
+
+    start_bytes: int  # what the start (the default, after the policy) needs
+    landed: TileConfig | None  # the first candidate that fits; None: none does
+    landed_bytes: int | None
+    compiled: int  # candidates compiled (those the lower bound rules out are not)
+
+
+def first_fit(call: Call, policy: Policy, bytes_of: Callable[[TileConfig], int]) -> Fit:
+    """Compile the candidates (``bytes_of``: a tile's bytes on the chip) in the order a climb tries
+    them, skipping those the lower bound puts over ``call.shared_limit``, to the first that fits."""
+    limit = call.shared_limit if call.shared_limit is not None else math.inf
+    compiled, start_bytes = 0, -1
+    for tile in candidates(call, policy):
+        if compiled and call.shared_lower_bound is not None and call.shared_lower_bound(tile) > limit:
+            continue  # cannot fit: not compiled
+        needed = bytes_of(tile)
+        compiled += 1
+        if compiled == 1:
+            start_bytes = needed
+        if needed <= limit:
+            return Fit(start_bytes, tile, needed, compiled)
+    return Fit(start_bytes, None, None, compiled)
 
 
 _locks: dict[Key, threading.Lock] = {}

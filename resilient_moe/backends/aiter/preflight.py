@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ...dispatch import Call, candidates, second_move_landing
+from ...config import TileConfig
+from ...dispatch import Call, first_fit, second_move_landing
 from ...policy import Policy
 from ...targets import Chip, amd_async_copy
 from .. import patching
@@ -171,28 +172,26 @@ def plan(op: ops.Op, module: ModuleType, shapes: list[Shape], token_counts: list
             floors, ceilings = ops.rules(gemm)
             described = Call(kernel=f"aiter.{op.name}", key=("preflight",), arch=chip.name, shape={}, default=ops.as_tile(own),
                              shared_lower_bound=bound, shared_limit=chip.max_shared_mem, floors=floors, ceilings=ceilings)
-            compiled, own_bytes, landed, landed_bytes = 0, -1, None, None
-            for tile in candidates(described, policy):
-                if compiled and bound(tile) > chip.max_shared_mem:
-                    continue
-                config = own if tile == described.default else ops.as_config(tile, own)
-                needed = bytes_needed(recorded(op, module, call, None if config is own else config), chip)
-                compiled += 1
-                if compiled == 1:
-                    own_bytes = needed
-                if needed <= chip.max_shared_mem:
-                    landed, landed_bytes = config, needed
-                    break
+
+            def config_of(tile: TileConfig) -> dict[str, Any]:
+                return own if tile == described.default else ops.as_config(tile, own)
+
+            def bytes_of(tile: TileConfig) -> int:
+                config = config_of(tile)
+                return bytes_needed(recorded(op, module, call, None if config is own else config), chip)
+
+            fit = first_fit(described, policy, bytes_of)
+            landed = None if fit.landed is None else config_of(fit.landed)
             second = second_bytes = None
-            if landed is not None and landed is not own:
-                found = second_move_landing(described, policy, ops.as_tile(landed))
+            if fit.landed is not None and landed is not own:
+                found = second_move_landing(described, policy, fit.landed)
                 if found is not None:
                     second = ops.as_config(found, own)
                     second_bytes = bytes_needed(recorded(op, module, call, second), chip)
             picked = None if picker is None else picker(chip.name, own["block_m"], own["block_n"], own["block_k"], *op.bits,
                                                          use_async_padding=True)
-            rows.append(Row(shape, tokens, gemm.block_m, own, own_bytes, landed, landed_bytes, compiled, second, second_bytes,
-                            picked))
+            rows.append(Row(shape, tokens, gemm.block_m, own, fit.start_bytes, landed, fit.landed_bytes, fit.compiled, second,
+                            second_bytes, picked))
     return rows
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ... import virtual
-from ...dispatch import Call, candidates
+from ...config import TileConfig
+from ...dispatch import Call, first_fit
 from ...policy import Policy
 from ...targets import Chip
 from .fused_moe import Layer, as_config, as_tile, rules, shared_lower_bound
@@ -87,24 +88,15 @@ def plan(tuning: Tuning, layer: Layer, chip: Chip, limit: int, device_name: str,
             call = Call(kernel="sglang.fused_experts", key=("preflight",), arch=chip.name, shape={}, default=default,
                         shared_lower_bound=shared_lower_bound(at, chip.name), shared_limit=limit,
                         rows_per_expert=-(-tokens * at.top_k // at.experts), floors=floors, ceilings=ceilings)
-            tried = 0
-            default_bytes = -1
-            written: dict[str, Any] | None = None
-            written_bytes = -1
-            for tile in candidates(call, policy):
-                if tried and call.shared_lower_bound is not None and call.shared_lower_bound(tile) > limit:
-                    continue  # cannot fit: not compiled
-                tried += 1
-                config = own if tile == default else as_config(tile, own)
-                needed = bytes_needed(tuning, at, config, chip)
-                if tried == 1:
-                    default_bytes = needed
-                if needed <= limit:
-                    written, written_bytes = config, needed
-                    break
-            if written is None:
+            configs = {default: own}
+
+            def config_of(tile: TileConfig) -> dict[str, Any]:
+                return configs.setdefault(tile, as_config(tile, own))
+
+            fit = first_fit(call, policy, lambda tile: bytes_needed(tuning, at, config_of(tile), chip))
+            if fit.landed is None:
                 raise RuntimeError(f"no config of the ladder fits {chip.name} ({limit} bytes) for M={tokens}")
-            rows.append(Row(tokens, own, default_bytes, written, written_bytes, tried))
+            rows.append(Row(tokens, own, fit.start_bytes, config_of(fit.landed), fit.landed_bytes, fit.compiled))
     return rows
 
 
